@@ -1,3 +1,26 @@
-"""vitq: post-training quantization for vision transformers, CLIP-style models and diffusion UNets."""
+"""vitq: post-training quantization for vision transformers, CLIP-style models and diffusion UNets.
+
+    import vitq
+    cfg = vitq.QuantConfig(method="minmax", bits="W8A8", components=("image", "text"))
+    qmodel = vitq.quantize(model, cfg, calib=batches)
+    vitq.save(qmodel, "out/")
+    same = vitq.load("out/")
+"""
 
 __version__ = "0.1.0"
+
+from .api import quantize  # noqa: E402
+from .config import BitSpec, QuantConfig, parse_bits  # noqa: E402
+from .errors import VitqError  # noqa: E402
+from .methods import available_methods  # noqa: E402
+from .saving import load, save  # noqa: E402
+
+
+def evaluate(model, task: str, data, reference=None, **options):
+    """Evaluate a model on a task (see :func:`vitq.eval.evaluate`)."""
+    from .eval import evaluate as _evaluate
+
+    return _evaluate(model, task=task, data=data, reference=reference, **options)
+
+
+__all__ = ["quantize", "QuantConfig", "BitSpec", "parse_bits", "VitqError", "available_methods", "load", "save", "evaluate", "__version__"]

@@ -1,0 +1,88 @@
+"""``vitq quantize``: calibrate and quantize a model, then save it as a reloadable folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import QuantConfig
+from ..methods import available_methods
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("quantize", help="quantize a model with calibration images and save it",
+                       description="Quantize a model and save it (safetensors + JSON) to --out.")
+    p.add_argument("--model", required=True, help="hub id, local model folder, or zoo:NAME (e.g. zoo:clip-tiny)")
+    p.add_argument("--method", default="minmax", help=f"quantization method (default minmax); see `vitq quantize --list-methods`")
+    p.add_argument("--bits", "-b", default="W8A8", help="bit spec: W8A8, W4A4, or weights-activations-attention such as 4-4-8")
+    p.add_argument("--calib", help="folder or .zip of calibration images (class subfolders also calibrate a text tower)")
+    p.add_argument("--num-calib", type=int, default=32, help="number of calibration images (default 32)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--components", default="image,text", help="image, text, or image,text (default: every component the model has)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep modules matching this fnmatch pattern in full precision (repeatable)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. percentile=99.9 (repeatable)")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id, when the model folder has none")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable calibration images instead of stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--list-methods", action="store_true", help="print the known methods and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _parse_options(items: list[str]) -> dict:
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"cannot read option {item!r}", hint="write options as KEY=VALUE, e.g. --option percentile=99.9")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def run(args) -> int:
+    from ..errors import ConfigError
+
+    if args.list_methods:
+        print("\n".join(available_methods()))
+        return 0
+    if not args.out:
+        raise ConfigError("--out is required", hint="name the folder to write the quantized model to")
+    if not args.calib:
+        raise ConfigError("--calib is required", hint="pass a folder of calibration images")
+    from ..api import quantize
+    from ..data.calibration import calibration_batches
+    from ..data.preprocess import image_transform
+    from ..models.families import family_of
+    from ..models.loading import load_model
+    from ..models.prepare import resolve_components
+    from ..saving import check_output_dir, save
+
+    cfg = QuantConfig(method=args.method, bits=args.bits, components=args.components, exclude=tuple(args.exclude),
+                      num_calib=args.num_calib, batch_size=args.batch_size, seed=args.seed, options=_parse_options(args.option))
+    from ..methods import get_method
+
+    get_method(cfg.method)  # fail on an unknown method before any slow work
+    check_output_dir(args.out, args.overwrite)
+    model = load_model(args.model)
+    comps = resolve_components(family_of(model), cfg.components)
+    cfg.components = comps
+    tokenizer = None
+    if "text" in comps:
+        from ..eval.text import resolve_tokenizer
+
+        tokenizer = resolve_tokenizer(model, args.tokenizer)
+    batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model),
+                                  tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad)
+    qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet)
+    save(qmodel, args.out, overwrite=args.overwrite)
+    info = qmodel.vitq_info
+    print(f"quantized {args.model} with {cfg.method} at {cfg.bits} ({', '.join(comps)}) "
+          f"in {info['calibration_seconds']:.1f}s; saved to {args.out}")
+    return 0

@@ -1,0 +1,81 @@
+"""Pieces every method shares: the default scheme, running calibration data, and progress."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import QuantConfig
+from ..errors import ConfigError
+from ..models.families import family_of
+from ..nn import calibrate_weights, finish_calibration, set_mode
+
+
+def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", options: dict | None = None) -> dict:
+    """P4Q's baseline recipe: signed per-channel weights, unsigned per-tensor activations,
+    attention (both matmul inputs and post-Softmax) at its own bit width."""
+    opts = dict(options or {})
+    weight_observer = "omse" if observer == "omse" else "minmax"  # EMA/percentile of one weight tensor = min/max
+    act = dict(bits=cfg.a_bits, symmetric=False, axis=None, observer=observer, observer_options=opts)
+    attn = dict(act, bits=cfg.attn_bits)
+    return {
+        "weight": dict(bits=cfg.w_bits, symmetric=True, axis=0, observer=weight_observer, observer_options=opts),
+        "input": act,
+        "post_ln": act,
+        "post_gelu": act,
+        "attn_q": attn,
+        "attn_k": attn,
+        "softmax": attn,
+        "attn_v": attn,
+    }
+
+
+def as_batches(calib) -> list[dict]:
+    """Calibration data as a list of model-input dicts (``pixel_values`` and/or ``input_ids``...)."""
+    if calib is None:
+        return []
+    if isinstance(calib, (torch.Tensor, dict)):
+        calib = [calib]
+    out = []
+    for b in calib:
+        if isinstance(b, torch.Tensor):
+            b = {"pixel_values": b}
+        elif isinstance(b, (tuple, list)) and b and isinstance(b[0], torch.Tensor):
+            b = {"pixel_values": b[0]}  # (images, labels) from a DataLoader
+        elif not isinstance(b, dict):
+            raise ConfigError(f"cannot use a {type(b).__name__} as a calibration batch", hint="pass tensors of pixel values or dicts of model inputs")
+        out.append(b)
+    return out
+
+
+@torch.no_grad()
+def run_batches(model: nn.Module, batches: list[dict], components, desc: str = "calibrating", progress: bool = True) -> None:
+    """Forward each batch through the selected components (image: pixel_values; text: input_ids)."""
+    family = family_of(model)
+    have_image = any("pixel_values" in b for b in batches)
+    have_text = any("input_ids" in b for b in batches)
+    if "image" in components and not have_image:
+        raise ConfigError("the image component is selected but the calibration data has no images", hint="pass calibration images (--calib DIR)")
+    if "text" in components and not have_text:
+        raise ConfigError(
+            "the text component is selected but the calibration data has no text",
+            hint="calibrate from a folder of class subfolders (class names become prompts) or select --components image",
+        )
+    for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        if "image" in components and "pixel_values" in b:
+            family.encode_image(model, b["pixel_values"])
+        if "text" in components and "input_ids" in b:
+            family.encode_text(model, b["input_ids"], b.get("attention_mask"))
+
+
+def calibrate(model: nn.Module, batches: list[dict], components, progress: bool = True) -> None:
+    """Observe weights and activations, fix every scale, and switch to quantized mode."""
+    model.eval()
+    set_mode(model, "calib")
+    calibrate_weights(model)
+    run_batches(model, batches, components, progress=progress)
+    finish_calibration(model)
+    set_mode(model, "quant")

@@ -1,0 +1,117 @@
+"""Put quantization points into a transformers model, by module type and role.
+
+A *scheme* maps each role to the settings of its quantizer (``None``: leave that role in float):
+
+- ``weight``: every Linear/Conv2d weight
+- ``post_ln``: post-LayerNorm activations (inputs of q, k, v and fc1; Swin's patch-merging reduction)
+- ``post_gelu``: inputs of fc2
+- ``attn_q``, ``attn_k``: the two inputs of q·kᵀ
+- ``softmax``, ``attn_v``: the two inputs of softmax·v
+- ``input``: the input of every other Linear/Conv2d (attention output, patch embedding, heads)
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatch
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer
+from .attention import use_quant_attention
+from .families import BLOCKS, EXTRA_PRE_LN, Family, component_of, family_of
+
+ROLES = ("weight", "input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v")
+
+
+def make_point(scheme: dict, role: str) -> TensorQuantizer | None:
+    settings = scheme.get(role)
+    if settings is None:
+        return None
+    q = TensorQuantizer(**settings)
+    q.role = role
+    return q
+
+
+def _join(prefix: str, rel: str) -> str:
+    return f"{prefix}.{rel}" if prefix else rel
+
+
+def _excluded(name: str, patterns) -> bool:
+    return any(fnmatch(name, p) for p in patterns)
+
+
+def resolve_components(family: Family, requested) -> tuple[str, ...]:
+    available = tuple(family.components)
+    chosen = tuple(c for c in requested if c in available)
+    if not chosen:
+        raise ConfigError(
+            f"a {family.name} model has no {' or '.join(requested)} component",
+            hint=f"choose from: {', '.join(available)}",
+        )
+    return chosen
+
+
+def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclude=()) -> dict:
+    """Insert quantization points in place; returns a summary (family, components, points)."""
+    unknown = set(scheme) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles in scheme: {sorted(unknown)}; roles are {ROLES}")
+    family = family_of(model)
+    comps = resolve_components(family, components)
+    use_quant_attention(model)
+
+    def selected(name: str) -> bool:
+        return component_of(family, name) in comps and not _excluded(name, exclude)
+
+    modules = dict(model.named_modules())
+    input_role: dict[str, str | None] = {}  # linear name -> role of its input (None: covered upstream)
+
+    def quantize_ln(ln_name: str, consumers: list[str]) -> None:
+        ln = modules[ln_name]
+        if not isinstance(ln, nn.LayerNorm) or scheme.get("post_ln") is None:
+            return
+        if not all(selected(c) for c in consumers) or not selected(ln_name):
+            for c in consumers:  # some consumer stays in float: each quantized consumer takes its own input point
+                input_role[c] = "post_ln"
+            return
+        model.set_submodule(ln_name, QuantLayerNorm.from_float(ln, make_point(scheme, "post_ln")))
+        for c in consumers:
+            input_role[c] = None
+
+    for name, block in list(modules.items()):
+        roles = BLOCKS.get(type(block).__name__)
+        if roles is None or component_of(family, name) not in comps:
+            continue
+        p = lambda rel: _join(name, rel)  # noqa: E731
+        qkv = [p(roles.q), p(roles.k), p(roles.v)]
+        if roles.ln_attn:
+            quantize_ln(p(roles.ln_attn), qkv)
+        else:
+            input_role.update({n: "post_ln" for n in qkv})
+        if roles.ln_mlp:
+            quantize_ln(p(roles.ln_mlp), [p(roles.fc1)])
+        else:
+            input_role[p(roles.fc1)] = "post_ln"
+        input_role[p(roles.fc2)] = "post_gelu"
+        attn_name = p(roles.attention)
+        if selected(attn_name):
+            attn = modules[attn_name]
+            attn.vitq_qk = QuantMatMul(make_point(scheme, "attn_q"), make_point(scheme, "attn_k"))
+            attn.vitq_pv = QuantMatMul(make_point(scheme, "softmax"), make_point(scheme, "attn_v"))
+
+    for name, module in list(modules.items()):
+        extra = EXTRA_PRE_LN.get(type(module).__name__)
+        if extra and component_of(family, name) in comps:
+            ln_rel, consumers = extra
+            quantize_ln(_join(name, ln_rel), [_join(name, c) for c in consumers])
+
+    for name, module in list(modules.items()):
+        if not selected(name) or type(module) not in (nn.Linear, nn.Conv2d):
+            continue
+        role = input_role.get(name, "input")
+        wrapper = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
+        new = wrapper.from_float(module, make_point(scheme, "weight"), make_point(scheme, role) if role else None)
+        model.set_submodule(name, new)
+
+    return {"family": family.name, "components": list(comps)}

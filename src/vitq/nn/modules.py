@@ -1,0 +1,107 @@
+"""Fake-quantized layers: QuantLinear, QuantConv2d, QuantMatMul and QuantLayerNorm.
+
+QuantLinear and QuantConv2d subclass the float layers and keep their parameter names, so a
+state dict and any code that checks ``isinstance(m, nn.Linear)`` keep working.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tensor_quantizer import TensorQuantizer
+
+
+class _WeightedQuantMixin:
+    """Shared by QuantLinear and QuantConv2d: optional weight and input quantizers."""
+
+    weight_quantizer: TensorQuantizer | None
+    input_quantizer: TensorQuantizer | None
+
+    def _attach(self, weight_q: TensorQuantizer | None, input_q: TensorQuantizer | None):
+        self.weight_quantizer = weight_q
+        self.input_quantizer = input_q
+
+    def calibrate_weight(self) -> None:
+        """Weights need no data: observe them once and fix the weight scale."""
+        if self.weight_quantizer is not None:
+            self.weight_quantizer.observer = None
+            self.weight_quantizer.observe(self.weight.detach())
+            self.weight_quantizer.finish_calibration()
+
+    def quantized_weight(self) -> torch.Tensor:
+        wq = self.weight_quantizer
+        if wq is None or not wq.active:
+            return self.weight
+        return wq.quantizer(self.weight)
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+
+class QuantLinear(_WeightedQuantMixin, nn.Linear):
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_q=None, input_q=None) -> "QuantLinear":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight, new.bias = linear.weight, linear.bias
+        new._attach(weight_q, input_q)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(_WeightedQuantMixin, nn.Conv2d):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_q=None, input_q=None) -> "QuantConv2d":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                     "transposed", "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(new, attr, getattr(conv, attr))
+        new.weight, new.bias = conv.weight, conv.bias
+        new._attach(weight_q, input_q)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantMatMul(nn.Module):
+    """``a @ b`` with both inputs quantized (q·kᵀ, and softmax·v where ``a`` is post-Softmax)."""
+
+    def __init__(self, a_quantizer: TensorQuantizer | None = None, b_quantizer: TensorQuantizer | None = None):
+        super().__init__()
+        self.a_quantizer = a_quantizer
+        self.b_quantizer = b_quantizer
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.a_quantizer is not None:
+            a = self.a_quantizer(a)
+        if self.b_quantizer is not None:
+            b = self.b_quantizer(b)
+        return torch.matmul(a, b)
+
+
+class QuantLayerNorm(nn.LayerNorm):
+    """LayerNorm whose output is quantized once for every linear it feeds (q, k, v or fc1).
+
+    Used only where the LayerNorm output feeds nothing but linears (pre-LN blocks), so
+    quantizing it here is the same as quantizing the inputs of those linears.
+    """
+
+    @classmethod
+    def from_float(cls, ln: nn.LayerNorm, output_q: TensorQuantizer | None = None) -> "QuantLayerNorm":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.normalized_shape, new.eps, new.elementwise_affine = ln.normalized_shape, ln.eps, ln.elementwise_affine
+        new.weight, new.bias = ln.weight, ln.bias
+        new.output_quantizer = output_q
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y if self.output_quantizer is None else self.output_quantizer(y)

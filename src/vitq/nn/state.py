@@ -1,0 +1,52 @@
+"""Whole-model helpers over quantization points: modes, calibration, and the QuantState."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .modules import QuantConv2d, QuantLinear
+from .tensor_quantizer import TensorQuantizer
+
+
+def quantizers(model: nn.Module) -> Iterator[tuple[str, TensorQuantizer]]:
+    for name, m in model.named_modules():
+        if isinstance(m, TensorQuantizer):
+            yield name, m
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    """Put every quantization point of ``model`` in ``fp``, ``calib`` or ``quant`` mode."""
+    for _, q in quantizers(model):
+        q.set_mode(mode)
+
+
+def calibrate_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (QuantLinear, QuantConv2d)):
+            m.calibrate_weight()
+
+
+def finish_calibration(model: nn.Module) -> None:
+    for _, q in quantizers(model):
+        q.finish_calibration()
+
+
+def quant_state(model: nn.Module) -> dict[str, dict]:
+    """The QuantState: for each quantization point, its kind, bits, axis and scale range.
+
+    The tensors (scales, zero-points) themselves live in the model's state dict under
+    ``<point>.quantizer.scale`` and ``<point>.quantizer.zero_point``.
+    """
+    return {name: q.describe() for name, q in quantizers(model)}
+
+
+def quant_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Scales and zero-points of every quantization point, keyed as in the state dict."""
+    out = {}
+    for name, q in quantizers(model):
+        for key, t in q.quantizer.state_dict().items():
+            out[f"{name}.quantizer.{key}"] = t.detach().clone()
+    return out

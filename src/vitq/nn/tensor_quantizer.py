@@ -1,0 +1,117 @@
+"""A quantization point in a network: a quantizer, the observer that calibrates it, and a mode.
+
+Modes: ``fp`` (pass-through), ``calib`` (the observer sees the data, values pass unchanged) and
+``quant`` (fake-quantize). Each point can also be switched off on its own with ``enabled = False``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..quant import LogQuantizer, UniformQuantizer, make_observer
+
+MODES = ("fp", "calib", "quant")
+KINDS = ("uniform", "log2", "logsqrt2")
+
+
+class TensorQuantizer(nn.Module):
+    def __init__(
+        self,
+        bits: int = 8,
+        kind: str = "uniform",
+        symmetric: bool = False,
+        axis: int | None = None,
+        observer: str = "minmax",
+        observer_options: dict | None = None,
+        learnable: bool = False,
+    ):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown quantizer kind {kind!r}: use one of {KINDS}")
+        if kind == "uniform":
+            self.quantizer = UniformQuantizer(bits, symmetric=symmetric, axis=axis, learnable=learnable)
+        else:
+            self.quantizer = LogQuantizer(bits, kind=kind)
+        self.observer_name = observer
+        self.observer_options = dict(observer_options or {})
+        self.observer = None
+        self.mode = "fp"
+        self.enabled = True
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return self.quantizer.bits
+
+    @property
+    def kind(self) -> str:
+        return self.quantizer.kind
+
+    @property
+    def axis(self):
+        return self.quantizer.axis
+
+    @property
+    def active(self) -> bool:
+        """True when this point really quantizes in the forward pass."""
+        return self.enabled and self.mode == "quant"
+
+    def describe(self) -> dict:
+        scale = self.quantizer.scale.detach().reshape(-1)
+        return {
+            "kind": self.kind,
+            "bits": self.bits,
+            "symmetric": bool(self.quantizer.symmetric),
+            "axis": self.axis,
+            "observer": self.observer_name,
+            "enabled": self.enabled,
+            "scale_min": float(scale.min()) if scale.numel() else None,
+            "scale_max": float(scale.max()) if scale.numel() else None,
+            "channels": int(scale.numel()) if self.axis is not None else 1,
+            "role": getattr(self, "role", None),
+        }
+
+    @classmethod
+    def from_description(cls, desc: dict) -> "TensorQuantizer":
+        """Rebuild a point from :meth:`describe` (its tensors come from the state dict afterwards)."""
+        q = cls(bits=desc["bits"], kind=desc["kind"], symmetric=desc["symmetric"], axis=desc["axis"], observer=desc.get("observer", "minmax"))
+        q.enabled = desc.get("enabled", True)
+        q.role = desc.get("role")
+        channels = desc.get("channels", 1) if desc["kind"] == "uniform" else 1
+        if desc["kind"] == "uniform":  # allocate so load_state_dict finds the right shapes
+            q.quantizer.set_params(torch.ones(channels), torch.zeros(channels))
+        q.mode = "quant"
+        return q
+
+    def extra_repr(self) -> str:
+        state = "off" if not self.enabled else self.mode
+        return f"mode={state}, observer={self.observer_name}"
+
+    # -- calibration -------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
+        if mode == "calib" and self.observer is None:
+            self.observer = make_observer(self.observer_name, axis=self.axis, **self.observer_options)
+        self.mode = mode
+
+    def observe(self, x: torch.Tensor) -> None:
+        if self.observer is None:
+            self.observer = make_observer(self.observer_name, axis=self.axis, **self.observer_options)
+        self.observer.update(x)
+
+    def finish_calibration(self) -> None:
+        """Turn what the observer saw into a scale and zero-point, and drop the observer."""
+        if self.observer is not None and self.observer.batches > 0:
+            lo, hi = self.observer.compute(self.quantizer)
+            self.quantizer.set_range(lo, hi)
+        self.observer = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.mode == "fp":
+            return x
+        if self.mode == "calib":
+            self.observe(x)
+            return x
+        return self.quantizer(x)

@@ -1,0 +1,115 @@
+"""Uniform affine quantization: Q(r) = clip(round(r/S) + Z), r' = S (Q - Z), S = (beta - alpha) / (2^b - 1).
+
+Symmetric quantizers are signed with Z = 0 and a range [-2^(b-1), 2^(b-1) - 1]; asymmetric ones are
+unsigned, [0, 2^b - 1], with an integer zero-point. Per-tensor or per-channel along any axis.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .channels import broadcast_to_axis
+from .rounding import round_ste
+
+MIN_BITS, MAX_BITS = 2, 8
+_EPS = 1e-8
+
+
+def check_bits(bits: int) -> int:
+    from ..errors import ConfigError
+
+    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ConfigError(f"bit width {bits!r} is out of range", hint=f"use an integer from {MIN_BITS} to {MAX_BITS}")
+    return bits
+
+
+def int_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The integer codes a b-bit quantizer may produce."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero-point that map [lo, hi] (widened to contain 0) onto the b-bit integer grid."""
+    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
+    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    levels = 2**bits - 1
+    if symmetric:
+        amax = torch.maximum(-lo, hi)
+        scale = (2 * amax / levels).clamp_min(_EPS)
+        return scale, torch.zeros_like(scale)
+    scale = ((hi - lo) / levels).clamp_min(_EPS)
+    zero_point = torch.clamp(torch.round(-lo / scale), 0, levels)
+    return scale, zero_point
+
+
+def fake_quantize(x, scale, zero_point, bits: int, symmetric: bool, axis: int | None = None):
+    """Quantize then dequantize ``x`` (straight-through rounding, so scale and x both get gradients)."""
+    qmin, qmax = int_range(bits, symmetric)
+    s = broadcast_to_axis(scale, x, axis)
+    z = broadcast_to_axis(zero_point, x, axis)
+    q = torch.clamp(round_ste(x / s) + z, qmin, qmax)
+    return (q - z) * s
+
+
+class UniformQuantizer(nn.Module):
+    """A b-bit uniform affine quantizer with its scale and zero-point (learnable scale on request)."""
+
+    kind = "uniform"
+
+    def __init__(self, bits: int = 8, symmetric: bool = False, axis: int | None = None, learnable: bool = False):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.symmetric = bool(symmetric)
+        self.axis = axis
+        self.learnable = learnable
+        # Empty until calibrated; per-channel quantizers hold one value per channel.
+        if learnable:
+            self.scale = nn.Parameter(torch.ones(0))
+        else:
+            self.register_buffer("scale", torch.ones(0))
+        self.register_buffer("zero_point", torch.zeros(0))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scale.numel() > 0
+
+    def set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        scale, zp = params_from_range(torch.as_tensor(lo).reshape(-1), torch.as_tensor(hi).reshape(-1), self.bits, self.symmetric)
+        self.set_params(scale, zp)
+
+    def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        scale = scale.detach().float().reshape(-1).clone()
+        if self.learnable:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.scale = scale
+        self.zero_point = zero_point.detach().float().reshape(-1).clone()
+
+    def _require_calibrated(self):
+        if not self.calibrated:
+            raise RuntimeError(f"{self!r} has no scale yet: calibrate it before quantizing")
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes (as int32) of ``x``."""
+        self._require_calibrated()
+        qmin, qmax = int_range(self.bits, self.symmetric)
+        s = broadcast_to_axis(self.scale.detach(), x, self.axis)
+        z = broadcast_to_axis(self.zero_point, x, self.axis)
+        return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
+
+    def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        s = broadcast_to_axis(self.scale.detach(), q, self.axis)
+        z = broadcast_to_axis(self.zero_point, q, self.axis)
+        return (q.float() - z) * s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._require_calibrated()
+        return fake_quantize(x, self.scale, self.zero_point, self.bits, self.symmetric, self.axis)
+
+    def extra_repr(self) -> str:
+        where = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
+        sign = "symmetric" if self.symmetric else "asymmetric"
+        return f"bits={self.bits}, {sign}, {where}" + (", learnable" if self.learnable else "")

