@@ -43,3 +43,22 @@ def test_codes_and_straight_through():
     assert torch.equal(x.grad, torch.ones(2))
     with pytest.raises(ValueError):
         LogQuantizer(4, "log3")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+def test_logsqrt2_to_log2_parity_identity(bits):
+    """RepQ-ViT Eq. 18-20: sqrt2^(-q) * s == 2^(-ceil(q/2)) * (sqrt2 if q odd else 1) * s, for every code."""
+    q = torch.arange(0, 2**bits + 1, dtype=torch.int32)
+    for s in (1.0, 0.37, 2.0**-3):
+        a, b = LogQuantizer(bits, "logsqrt2"), LogQuantizer(bits, "log2_parity")
+        a.scale.fill_(s)
+        b.scale.fill_(s)
+        assert torch.allclose(a.dequantize(q), b.dequantize(q), rtol=1e-6, atol=0)
+        # and the codes are the same for any input
+        x = torch.rand(1000) ** 4
+        assert torch.equal(a.quantize(x), b.quantize(x))
+        # even codes are pure shifts of s; odd codes pure shifts of sqrt2 * s
+        deq = b.dequantize(q[: 2**bits])
+        shifts = torch.ceil(q[: 2**bits].float() / 2)
+        base = torch.where(q[: 2**bits] % 2 == 1, torch.tensor(math.sqrt(2) * s), torch.tensor(s))
+        assert torch.equal(deq, base * torch.pow(2.0, -shifts))

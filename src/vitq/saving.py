@@ -168,6 +168,16 @@ def is_saved_folder(path: str | Path) -> bool:
     return (Path(path) / "vitq_config.json").is_file()
 
 
+def _add_folded_biases(model: nn.Module, tensors: dict) -> None:
+    """A reparameterization may give a bias-free layer (Swin's patch-merging reduction) a bias."""
+    expected = set(model.state_dict())
+    for key in tensors:
+        if key not in expected and key.endswith(".bias"):
+            owner = model.get_submodule(key[: -len(".bias")])
+            if getattr(owner, "bias", 0) is None:
+                owner.bias = nn.Parameter(torch.zeros_like(tensors[key]))
+
+
 def load(folder: str | Path) -> nn.Module:
     """Load a folder written by :func:`save`; the model gives the same outputs as when it was saved."""
     import transformers
@@ -196,6 +206,7 @@ def load(folder: str | Path) -> nn.Module:
         wq = model.get_submodule(packed["quantizer"]).quantizer
         wq.set_params(tensors[packed["quantizer"] + ".quantizer.scale"], tensors[packed["quantizer"] + ".quantizer.zero_point"])
         tensors[key] = wq.dequantize(codes)
+    _add_folded_biases(model, tensors)
     model.load_state_dict(tensors, strict=True)
     model.vitq_info = meta["info"]
     return model

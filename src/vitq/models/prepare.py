@@ -7,7 +7,11 @@ A *scheme* maps each role to the settings of its quantizer (``None``: leave that
 - ``post_gelu``: inputs of fc2
 - ``attn_q``, ``attn_k``: the two inputs of q·kᵀ
 - ``softmax``, ``attn_v``: the two inputs of softmax·v
-- ``input``: the input of every other Linear/Conv2d (attention output, patch embedding, heads)
+- ``patch_input``: the input of the patch-embedding Conv2d (falls back to ``input`` when absent)
+- ``input``: the input of every other Linear/Conv2d (attention output, heads)
+
+``prepare`` returns a summary whose ``post_ln_consumers`` maps each quantized LayerNorm to the
+linears it feeds: what a scale reparameterization (RepQ-ViT) folds into.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQu
 from .attention import use_quant_attention
 from .families import BLOCKS, EXTRA_PRE_LN, Family, component_of, family_of
 
-ROLES = ("weight", "input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v")
+ROLES = ("weight", "input", "patch_input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v")
 
 
 def make_point(scheme: dict, role: str) -> TensorQuantizer | None:
@@ -66,6 +70,7 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
 
     modules = dict(model.named_modules())
     input_role: dict[str, str | None] = {}  # linear name -> role of its input (None: covered upstream)
+    consumers_of: dict[str, list[str]] = {}  # quantized LayerNorm -> the linears it feeds
 
     def quantize_ln(ln_name: str, consumers: list[str]) -> None:
         ln = modules[ln_name]
@@ -76,6 +81,7 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
                 input_role[c] = "post_ln"
             return
         model.set_submodule(ln_name, QuantLayerNorm.from_float(ln, make_point(scheme, "post_ln")))
+        consumers_of[ln_name] = list(consumers)
         for c in consumers:
             input_role[c] = None
 
@@ -109,9 +115,10 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
     for name, module in list(modules.items()):
         if not selected(name) or type(module) not in (nn.Linear, nn.Conv2d):
             continue
-        role = input_role.get(name, "input")
+        default = "patch_input" if isinstance(module, nn.Conv2d) and scheme.get("patch_input") else "input"
+        role = input_role.get(name, default)
         wrapper = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
         new = wrapper.from_float(module, make_point(scheme, "weight"), make_point(scheme, role) if role else None)
         model.set_submodule(name, new)
 
-    return {"family": family.name, "components": list(comps)}
+    return {"family": family.name, "components": list(comps), "post_ln_consumers": consumers_of}

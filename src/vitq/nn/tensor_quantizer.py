@@ -12,7 +12,7 @@ from torch import nn
 from ..quant import LogQuantizer, UniformQuantizer, make_observer
 
 MODES = ("fp", "calib", "quant")
-KINDS = ("uniform", "log2", "logsqrt2")
+KINDS = ("uniform", "log2", "logsqrt2", "log2_parity")
 
 
 class TensorQuantizer(nn.Module):

@@ -1,7 +1,11 @@
 """Logarithmic quantizers for post-Softmax values in [0, 1].
 
-log2:     A_q = clip(round(-log2(A / s)), 0, 2^b - 1),      A' = s * 2^(-A_q)
-log-sqrt2: A_q = clip(round(-log_sqrt2(A / s)), 0, 2^b - 1), A' = s * sqrt(2)^(-A_q)
+- ``log2``:       A_q = clip(round(-log2(A / s)), 0, 2^b - 1),       A' = s * 2^(-A_q)
+- ``logsqrt2``:   A_q = clip(round(-log_sqrt2(A / s)), 0, 2^b - 1),  A' = s * sqrt(2)^(-A_q)
+- ``log2_parity``: RepQ-ViT's reparameterized log-sqrt2 (Eq. 18-20): the same codes, dequantized
+  as A' = s_parity * 2^(-ceil(A_q / 2)) with s_parity = s for even codes and sqrt(2) * s for odd
+  ones, so A'·V needs only bit shifts of V and one of two scales. It gives the same values as
+  ``logsqrt2``.
 
 Values too small for the last level (and exact zeros) dequantize to 0, as in RepQ-ViT and FQ-ViT.
 """
@@ -15,16 +19,31 @@ from torch import nn
 
 from .uniform import check_bits
 
-_BASE_LOG2 = {"log2": 1.0, "logsqrt2": 0.5}  # log2(base) for each kind
+# log2 of the base whose powers the codes count
+_STEP = {"log2": 1.0, "logsqrt2": 0.5, "log2_parity": 0.5}
+SQRT2 = math.sqrt(2.0)
+
+
+def log_codes(x: torch.Tensor, scale: torch.Tensor, bits: int, step: float) -> torch.Tensor:
+    """Integer exponents; values beyond the last level get the code 2^b, which means zero."""
+    levels = 2**bits - 1
+    ratio = (x / scale).clamp_min(1e-30)
+    q = torch.clamp(torch.round(-torch.log2(ratio) / step), min=0)
+    return torch.where((q > levels) | (x <= 0), torch.full_like(q, levels + 1), q)
+
+
+def parity_scales(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RepQ-ViT's two de-quantization scales of a log-sqrt2 quantizer: even codes, odd codes."""
+    return scale, scale * SQRT2
 
 
 class LogQuantizer(nn.Module):
-    """Power-of-base quantizer: base 2 (``kind="log2"``) or sqrt(2) (``kind="logsqrt2"``)."""
+    """Power-of-base quantizer (see the module docstring for the three kinds)."""
 
     def __init__(self, bits: int = 4, kind: str = "log2"):
         super().__init__()
-        if kind not in _BASE_LOG2:
-            raise ValueError(f"unknown log quantizer {kind!r}: use one of {sorted(_BASE_LOG2)}")
+        if kind not in _STEP:
+            raise ValueError(f"unknown log quantizer {kind!r}: use one of {sorted(_STEP)}")
         self.kind = kind
         self.bits = check_bits(bits)
         self.axis = None
@@ -38,23 +57,29 @@ class LogQuantizer(nn.Module):
         self.scale = torch.as_tensor(hi, dtype=torch.float32).reshape(-1).max().clamp_min(1e-8).reshape(1)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer exponents; values beyond the last level get 2^b (a code meaning zero)."""
-        levels = 2**self.bits - 1
-        ratio = (x / self.scale).clamp_min(1e-30)
-        q = torch.round(-torch.log2(ratio) / _BASE_LOG2[self.kind])
-        q = torch.clamp(q, min=0)
-        q = torch.where((q > levels) | (x <= 0), torch.full_like(q, levels + 1), q)
-        return q.to(torch.int32)
+        return log_codes(x, self.scale, self.bits, _STEP[self.kind]).to(torch.int32)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         levels = 2**self.bits - 1
-        value = self.scale * torch.pow(2.0, -q.float() * _BASE_LOG2[self.kind])
+        qf = q.float()
+        if self.kind == "log2_parity":
+            even, odd = parity_scales(self.scale)
+            value = torch.where(q % 2 == 1, odd, even) * torch.pow(2.0, -torch.ceil(qf / 2))
+        else:
+            value = self.scale * torch.pow(2.0, -qf * _STEP[self.kind])
         return torch.where(q > levels, torch.zeros_like(value), value)
+
+    def simulate(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize with scale ``hi`` (used by range searches), leaving this quantizer as it is."""
+        scale = hi.reshape(-1, 1).clamp_min(1e-8)
+        q = log_codes(rows, scale, self.bits, _STEP[self.kind])
+        value = scale * torch.pow(2.0, -q * _STEP[self.kind])
+        return torch.where(q > 2**self.bits - 1, torch.zeros_like(value), value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deq = self.dequantize(self.quantize(x.detach()))
         return x + (deq - x).detach()  # straight-through
 
     def extra_repr(self) -> str:
-        base = "2" if self.kind == "log2" else f"{math.sqrt(2):.4f}"
+        base = {"log2": "2", "logsqrt2": f"{SQRT2:.4f}", "log2_parity": "2 (parity scales)"}[self.kind]
         return f"bits={self.bits}, base={base}, scale={float(self.scale):.4g}"

@@ -2,7 +2,8 @@
 
 They are kept apart from the quantizers: an observer only sees data and returns per-channel (or
 per-tensor) ranges; the quantizer turns a range into a scale and zero-point. OMSE is the one
-observer that needs the quantizer's grid, so ``compute`` receives the quantizer.
+observers that search (OMSE, RepQ-ViT's percentile search) need the quantizer's grid, so
+``compute`` receives the quantizer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Observer:
         raise NotImplementedError
 
     def compute(self, quantizer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The proposed range: tensors of one value per channel (one value for per-tensor)."""
         if self.batches == 0:
             raise RuntimeError(f"{self.name} observer saw no data: run calibration batches through the model first")
         return self._compute(quantizer)
@@ -115,19 +117,17 @@ class PercentileObserver(Observer):
         return self.lo_sum / self.batches, self.hi_sum / self.batches
 
 
-class OMSEObserver(Observer):
-    """The clipping range that minimises the L2 quantization error (Choukroun et al. 2019).
+class SearchObserver(Observer):
+    """Base of observers that pick, among candidate ranges, the one with the least L2 error.
 
-    Keeps the running min/max and a bounded, seeded sample of values per channel (memory does not
-    grow with the data), then searches shrink factors of [min, max] on the quantizer's own grid.
+    Keeps the running min/max and a bounded, seeded sample of values per channel (memory does
+    not grow with the data); candidates are scored on the quantizer's own levels through
+    ``quantizer.simulate(rows, lo, hi)``.
     """
 
-    name = "omse"
-
-    def __init__(self, axis=None, max_samples: int = 65536, steps: int = 100, seed: int = 0):
+    def __init__(self, axis=None, max_samples: int = 1 << 18, seed: int = 0):
         super().__init__(axis)
         self.max_samples = max_samples
-        self.steps = steps
         self.generator = torch.Generator().manual_seed(seed)
         self.minmax = MinMaxObserver(axis)
         self.samples: torch.Tensor | None = None
@@ -135,8 +135,10 @@ class OMSEObserver(Observer):
     def _update(self, rows):
         self.minmax._update(rows)
         self.minmax.batches += 1
-        rows = self._subsample(rows, self.max_samples)
-        self.samples = rows if self.samples is None else self._subsample(torch.cat([self.samples, rows], 1), self.max_samples)
+        # The sample budget is shared by the channels, with at least 2048 values per channel.
+        k = max(2048, self.max_samples // rows.shape[0])
+        rows = self._subsample(rows, k)
+        self.samples = rows if self.samples is None else self._subsample(torch.cat([self.samples, rows], 1), k)
 
     def _subsample(self, rows, k):
         if rows.shape[1] <= k:
@@ -144,21 +146,20 @@ class OMSEObserver(Observer):
         idx = torch.randperm(rows.shape[1], generator=self.generator)[:k]
         return rows[:, idx]
 
+    def candidates(self):
+        """Yield (lo, hi) candidate ranges, one value per channel each."""
+        raise NotImplementedError
+
     def _compute(self, quantizer):
         if quantizer is None:
-            raise ValueError("the OMSE observer needs the quantizer whose error it minimises")
-        from .uniform import fake_quantize, params_from_range
-
-        lo, hi = self.minmax.lo, self.minmax.hi
+            raise ValueError(f"the {self.name} observer needs the quantizer whose error it minimises")
         x = self.samples
-        best_err = torch.full_like(lo, float("inf"))
-        best_lo, best_hi = lo.clone(), hi.clone()
-        for i in range(self.steps):
-            # Geometric grid from the full range down to 1/100 of it: heavy tails want small factors.
-            factor = 0.01 ** (i / (self.steps - 1))
-            c_lo, c_hi = lo * factor, hi * factor
-            scale, zp = params_from_range(c_lo, c_hi, quantizer.bits, quantizer.symmetric)
-            err = (fake_quantize(x, scale, zp, quantizer.bits, quantizer.symmetric, axis=0) - x).pow(2).sum(dim=1)
+        best_err = best_lo = best_hi = None
+        for c_lo, c_hi in self.candidates():
+            err = (quantizer.simulate(x, c_lo, c_hi) - x).pow(2).sum(dim=1)
+            if best_err is None:
+                best_err, best_lo, best_hi = err, c_lo.clone(), c_hi.clone()
+                continue
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_lo = torch.where(better, c_lo, best_lo)
@@ -166,7 +167,39 @@ class OMSEObserver(Observer):
         return best_lo, best_hi
 
 
-OBSERVERS = {cls.name: cls for cls in (MinMaxObserver, EMAObserver, PercentileObserver, OMSEObserver)}
+class OMSEObserver(SearchObserver):
+    """The clipping range that minimises the L2 quantization error (Choukroun et al. 2019):
+    shrink factors of [min, max] on a geometric grid down to 1/100 (heavy tails want small ones)."""
+
+    name = "omse"
+
+    def __init__(self, axis=None, max_samples: int = 1 << 18, steps: int = 100, seed: int = 0):
+        super().__init__(axis, max_samples, seed)
+        self.steps = steps
+
+    def candidates(self):
+        lo, hi = self.minmax.lo, self.minmax.hi
+        for i in range(self.steps):
+            factor = 0.01 ** (i / (self.steps - 1))
+            yield lo * factor, hi * factor
+
+
+class PercentileSearchObserver(SearchObserver):
+    """RepQ-ViT's calibration: of the ranges clipped at a few percentiles (99.9, 99.99, 99.999),
+    the one with the least L2 error on the calibration data."""
+
+    name = "pct_search"
+
+    def __init__(self, axis=None, max_samples: int = 1 << 18, percentiles=(99.9, 99.99, 99.999), seed: int = 0):
+        super().__init__(axis, max_samples, seed)
+        self.percentiles = tuple(percentiles)
+
+    def candidates(self):
+        for p in self.percentiles:
+            yield _row_quantiles(self.samples, 1.0 - p / 100.0, p / 100.0)
+
+
+OBSERVERS = {cls.name: cls for cls in (MinMaxObserver, EMAObserver, PercentileObserver, OMSEObserver, PercentileSearchObserver)}
 
 
 def make_observer(name: str, axis: int | None = None, **options) -> Observer:

@@ -105,6 +105,11 @@ class UniformQuantizer(nn.Module):
         z = broadcast_to_axis(self.zero_point, q, self.axis)
         return (q.float() - z) * s
 
+    def simulate(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize (channels, values) rows with per-row ranges, leaving this quantizer as it is."""
+        scale, zp = params_from_range(lo, hi, self.bits, self.symmetric)
+        return fake_quantize(rows, scale, zp, self.bits, self.symmetric, axis=0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._require_calibrated()
         return fake_quantize(x, self.scale, self.zero_point, self.bits, self.symmetric, self.axis)
