@@ -99,11 +99,17 @@ def save(model: nn.Module, out: str | Path, overwrite: bool = False) -> Path:
 
 
 def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
+    from .methods.dynamic import is_dynamic_weight
+
     packed = _packed_weights(model)
     state = model.state_dict()
-    tensors = {}
+    tensors, dynamic = {}, []
     for key, t in state.items():
-        if key in packed:
+        if is_dynamic_weight(t):  # torchao int8 weight of the dynamic method: codes and per-row scales
+            tensors[key + ".int8"] = t.qdata.contiguous()
+            tensors[key + ".int8_scale"] = t.scale.reshape(-1).float().contiguous()
+            dynamic.append(key[: -len(".weight")])
+        elif key in packed:
             meta = packed[key]
             wq = model.get_submodule(meta["quantizer"]).quantizer
             tensors[key + ".codes"] = pack_codes(wq.quantize(t.detach()), meta["bits"], meta["qmin"]).contiguous()
@@ -116,6 +122,7 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
         "format": FORMAT, "format_version": FORMAT_VERSION, "vitq_version": __version__,
         "model_class": type(model).__name__, "info": info,
         "structure": describe_structure(model), "points": points, "packed_weights": packed,
+        "dynamic_weights": dynamic, "attn_implementation": model.config._attn_implementation,
     })
     detail = {}
     for name, q in quantizers(model):
@@ -178,8 +185,16 @@ def _add_folded_biases(model: nn.Module, tensors: dict) -> None:
                 owner.bias = nn.Parameter(torch.zeros_like(tensors[key]))
 
 
-def load(folder: str | Path) -> nn.Module:
-    """Load a folder written by :func:`save`; the model gives the same outputs as when it was saved."""
+def load(folder: str | Path, runtime: str | None = None) -> nn.Module:
+    """Load a folder written by :func:`save`; the model gives the same outputs as when it was saved.
+
+    ``runtime="onnxruntime"`` (or ``"openvino"``) returns the exported integer model instead, with
+    the same encode interface (see :func:`vitq.export.load_exported`).
+    """
+    if runtime is not None:
+        from .export import load_exported
+
+        return load_exported(folder, runtime=runtime)
     import transformers
 
     from .models.attention import use_quant_attention
@@ -198,7 +213,11 @@ def load(folder: str | Path) -> nn.Module:
     config = cls.config_class.from_json_file(str(folder / "config.json"))
     config._name_or_path = str(folder)
     model = cls(config).eval()
-    use_quant_attention(model)
+    attn = meta.get("attn_implementation", "vitq_eager")
+    if attn == "vitq_eager":
+        use_quant_attention(model)
+    elif attn:
+        model.set_attn_implementation(attn)
     rebuild_structure(model, meta["structure"], meta["points"])
     tensors = load_file(str(folder / "model.safetensors"))
     for key, packed in meta["packed_weights"].items():
@@ -206,7 +225,20 @@ def load(folder: str | Path) -> nn.Module:
         wq = model.get_submodule(packed["quantizer"]).quantizer
         wq.set_params(tensors[packed["quantizer"] + ".quantizer.scale"], tensors[packed["quantizer"] + ".quantizer.zero_point"])
         tensors[key] = wq.dequantize(codes)
+    dynamic = {name: (tensors.pop(f"{name}.weight.int8"), tensors.pop(f"{name}.weight.int8_scale"))
+               for name in meta.get("dynamic_weights", [])}
+    for name, (codes, scale) in dynamic.items():
+        tensors[f"{name}.weight"] = codes.float() * scale[:, None]
     _add_folded_biases(model, tensors)
     model.load_state_dict(tensors, strict=True)
+    if dynamic:
+        from .methods.dynamic import apply_dynamic_int8
+
+        with torch.no_grad():
+            apply_dynamic_int8(model, set(dynamic))
+            for name, (codes, scale) in dynamic.items():  # the stored codes, not a re-quantization
+                weight = model.get_submodule(name).weight
+                weight.qdata.copy_(codes)
+                weight.scale.copy_(scale.view_as(weight.scale))
     model.vitq_info = meta["info"]
     return model

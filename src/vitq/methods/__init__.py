@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import ConfigError
 
-_METHOD_MODULES = ("baseline", "repq")
+_METHOD_MODULES = ("baseline", "repq", "dynamic")
 _REGISTRY: dict[str, Callable] = {}
 _loaded = False
 
