@@ -9,6 +9,13 @@
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
+# torchao (pulled in by transformers when installed) logs about GPU kernels a CPU build cannot load,
+# and registers enums with torch's pytree the deprecated way; neither concerns vitq's users.
+_logging.getLogger("torchao").setLevel(_logging.ERROR)
+_logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
+
 from .api import quantize  # noqa: E402
 from .config import BitSpec, QuantConfig, parse_bits  # noqa: E402
 from .errors import VitqError  # noqa: E402
@@ -16,7 +23,7 @@ from .methods import available_methods  # noqa: E402
 from .saving import load, save  # noqa: E402
 
 
-def evaluate(model, task: str, data, reference=None, **options):
+def evaluate(model, task: str, data=None, reference=None, **options):
     """Evaluate a model on a task (see :func:`vitq.eval.evaluate`)."""
     from .eval import evaluate as _evaluate
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import QuantConfig
 from .methods import get_method
+from .nn import summarize_points
 
 
 def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *, progress: bool = True, **kwargs) -> nn.Module:
@@ -34,5 +35,6 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *,
         "config": config.to_dict(),
         **summary,
         "calibration_seconds": round(time.perf_counter() - start, 3),
+        "quantized": summarize_points(qmodel),
     }
     return qmodel

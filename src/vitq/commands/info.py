@@ -44,6 +44,10 @@ def run(args) -> int:
     print(f"{meta['model_class']} quantized with {info['method']} at {info['config']['bits']} "
           f"(components: {', '.join(info['components'])}; {len(points)} quantization points)")
     print(format_table(points))
+    quantized = info.get("quantized") or {}
+    if quantized:
+        print("\nquantized tensors by role: " + "; ".join(
+            f"{role} x{e['count']} at {'/'.join(map(str, e['bits']))} bits ({', '.join(e['quantizers'])})" for role, e in quantized.items()))
     return 0
 
 

@@ -17,11 +17,14 @@ class BadImage(DataError):
     """An image that cannot be decoded; carries the path so callers can skip and count it."""
 
     def __init__(self, where: str, why: str):
-        self.where = where
+        self.where, self.why = where, why
         super().__init__(
             f"cannot read image {where}: {why}",
             hint="remove or replace the file, or pass --skip-bad to skip unreadable images and count them",
         )
+
+    def __reduce__(self):  # DataLoader workers pickle exceptions back to the main process
+        return (BadImage, (self.where, self.why))
 
 
 def load_rgb(data: bytes | str, where: str | None = None) -> Image.Image:

@@ -1,10 +1,10 @@
 """Fake-quant modules and whole-model helpers."""
 
 from .modules import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul
-from .state import calibrate_weights, finish_calibration, quant_state, quant_tensors, quantizers, set_mode
+from .state import calibrate_weights, finish_calibration, quant_state, quant_tensors, quantizers, set_mode, summarize_points
 from .tensor_quantizer import KINDS, MODES, TensorQuantizer
 
 __all__ = [
     "QuantConv2d", "QuantLayerNorm", "QuantLinear", "QuantMatMul", "TensorQuantizer", "KINDS", "MODES",
-    "calibrate_weights", "finish_calibration", "quant_state", "quant_tensors", "quantizers", "set_mode",
+    "calibrate_weights", "finish_calibration", "quant_state", "quant_tensors", "quantizers", "set_mode", "summarize_points",
 ]

@@ -34,7 +34,16 @@ class _WeightedQuantMixin:
         wq = self.weight_quantizer
         if wq is None or not wq.active:
             return self.weight
-        return wq.quantizer(self.weight)
+        if torch.is_grad_enabled():
+            return wq.quantizer(self.weight)
+        # Inference: weights and scales are fixed, so quantize once and reuse until either changes.
+        q = wq.quantizer
+        key = (id(self.weight), self.weight._version, id(q.scale), q.scale._version, q.zero_point._version)
+        cache = self.__dict__.get("_vitq_wcache")
+        if cache is None or cache[0] != key:
+            cache = (key, q(self.weight))
+            self.__dict__["_vitq_wcache"] = cache
+        return cache[1]
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)

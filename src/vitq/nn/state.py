@@ -50,3 +50,21 @@ def quant_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         for key, t in q.quantizer.state_dict().items():
             out[f"{name}.quantizer.{key}"] = t.detach().clone()
     return out
+
+
+def summarize_points(model: nn.Module) -> dict[str, dict]:
+    """Which tensors are quantized, by role: how many points, at which bits, with which quantizers.
+
+    Published numbers are only comparable when this matches, so every result JSON carries it.
+    """
+    out: dict[str, dict] = {}
+    for _, q in quantizers(model):
+        if not q.enabled:
+            continue
+        role = getattr(q, "role", None) or "other"
+        entry = out.setdefault(role, {"count": 0, "bits": set(), "quantizers": set()})
+        entry["count"] += 1
+        entry["bits"].add(q.bits)
+        where = "" if q.kind != "uniform" else (" per-tensor" if q.axis is None else " per-channel")
+        entry["quantizers"].add(q.kind + where)
+    return {r: {"count": e["count"], "bits": sorted(e["bits"]), "quantizers": sorted(e["quantizers"])} for r, e in sorted(out.items())}

@@ -46,11 +46,15 @@ def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: 
 
 
 def fake_quantize(x, scale, zero_point, bits: int, symmetric: bool, axis: int | None = None):
-    """Quantize then dequantize ``x`` (straight-through rounding, so scale and x both get gradients)."""
+    """Quantize then dequantize ``x`` (straight-through rounding, so scale and x both get gradients).
+
+    ``x * (1/S)`` rather than ``x / S``: the same arithmetic as PyTorch's fused kernels and the
+    ONNX runtimes, so every path rounds a value on a tie the same way.
+    """
     qmin, qmax = int_range(bits, symmetric)
     s = broadcast_to_axis(scale, x, axis)
     z = broadcast_to_axis(zero_point, x, axis)
-    q = torch.clamp(round_ste(x / s) + z, qmin, qmax)
+    q = torch.clamp(round_ste(x * (1.0 / s)) + z, qmin, qmax)
     return (q - z) * s
 
 
@@ -98,7 +102,7 @@ class UniformQuantizer(nn.Module):
         qmin, qmax = int_range(self.bits, self.symmetric)
         s = broadcast_to_axis(self.scale.detach(), x, self.axis)
         z = broadcast_to_axis(self.zero_point, x, self.axis)
-        return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
+        return torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax).to(torch.int32)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         s = broadcast_to_axis(self.scale.detach(), q, self.axis)
@@ -112,7 +116,18 @@ class UniformQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._require_calibrated()
-        return fake_quantize(x, self.scale, self.zero_point, self.bits, self.symmetric, self.axis)
+        if torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad):
+            return fake_quantize(x, self.scale, self.zero_point, self.bits, self.symmetric, self.axis)
+        return self._fused(x)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference path: PyTorch's one-kernel fake-quantize, the same values as :func:`fake_quantize`."""
+        qmin, qmax = int_range(self.bits, self.symmetric)
+        zp = self.zero_point.to(torch.int32)
+        if self.axis is None or self.scale.numel() == 1:
+            return torch.fake_quantize_per_tensor_affine(x, self.scale.reshape(()).float(), zp.reshape(()), qmin, qmax)
+        axis = self.axis % x.dim()
+        return torch.fake_quantize_per_channel_affine(x, self.scale.float(), zp, axis, qmin, qmax)
 
     def extra_repr(self) -> str:
         where = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"

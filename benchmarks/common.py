@@ -1,0 +1,108 @@
+"""Shared by the benchmark scripts: the reference model, calibration batches from the training
+images, zero-shot / top-1 scoring on the real test sets, and Markdown tables.
+
+Run the scripts from the repository root: ``python benchmarks/p4q_baselines.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+import vitq  # noqa: E402
+from vitq.data import data_root  # noqa: E402
+from vitq.data.calibration import calibration_batches  # noqa: E402
+from vitq.data.preprocess import image_transform  # noqa: E402
+from vitq.eval.cost import compute_cost, model_size  # noqa: E402
+from vitq.eval.text import resolve_tokenizer  # noqa: E402
+from vitq.io_utils import write_json  # noqa: E402
+from vitq.models.loading import load_model  # noqa: E402
+
+# Test sets, relative to the data root; the calibration set is the training zip (never the test set).
+DATASETS = {
+    "cifar10": "cifar10/test",
+    "tiny-imagenet": "tiny-imagenet-200/val",
+    "imagenette": "imagenette-val-500",
+}
+TRAIN_ZIP = "tiny-imagenet-200/train-200-per-class.zip"
+
+
+def base_parser(description: str, model: str = "zoo:clip-tiny") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default=model)
+    p.add_argument("--limit", type=int, default=2000,
+                   help="images per test set, class-balanced (0 = the whole set; default 2000)")
+    p.add_argument("--calib-batches", type=int, default=10, help="calibration iterations (P4Q: 10)")
+    p.add_argument("--calib-batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write all rows as JSON here")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    return p
+
+
+def setup(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = data_root()
+    if not (root / TRAIN_ZIP).exists():
+        raise SystemExit(f"the benchmark needs the real data under {root} (set VITQ_DATA): {TRAIN_ZIP} is missing")
+    torch.manual_seed(args.seed)
+    return load_model(args.model)
+
+
+def calibration(model, args, num: int | None = None, text: bool = True) -> list[dict]:
+    """P4Q's recipe: a few batches of training images (and class-name prompts for a text tower)."""
+    tokenizer = resolve_tokenizer(model) if text else None
+    n = num or args.calib_batches * args.calib_batch_size
+    return calibration_batches(data_root() / TRAIN_ZIP, n, args.calib_batch_size, image_transform(model),
+                               tokenizer=tokenizer, seed=args.seed)
+
+
+def score(model, task: str, dataset: str, args, tokenizer=None) -> dict:
+    """Metrics of one model on one test set (zero-shot with the 7-template ensemble, or top-1)."""
+    options = dict(limit=args.limit or None, batch_size=args.batch_size, seed=args.seed, progress=True)
+    if task == "zero-shot":
+        options.update(templates="ensemble7", tokenizer=tokenizer)
+    result = vitq.evaluate(model, task, data_root() / DATASETS[dataset], **options)
+    return dict(result["metrics"], n=result["num_examples"])
+
+
+def size_mb(model) -> float:
+    """Model size as the papers report it: parameters x bits / 8, in MB (10^6 bytes)."""
+    return model_size(model)["bytes"] / 1e6
+
+
+def gflops(model) -> float:
+    return compute_cost(model)["flops"] / 1e9
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table of ``rows`` with (key, header) columns."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+def finish(args, payload: dict) -> None:
+    if args.json:
+        write_json(Path(args.json), payload)
+        print(f"\nwrote {args.json}")

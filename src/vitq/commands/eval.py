@@ -1,0 +1,79 @@
+"""``vitq eval``: score a model (full precision or quantized) and write the result as JSON.
+
+Under ``torchrun --nproc-per-node N vitq eval …`` each process evaluates its share of the data and
+rank 0 prints and writes the (identical) result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+TASK_CHOICES = ("zero-shot", "linear-probe", "retrieval", "top1", "fidelity", "cost")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval", help="evaluate a model: zero-shot, linear probe, retrieval, top-1, fidelity, cost",
+        description="Evaluate a model and print (and optionally write) the result as JSON. "
+                    "Run under torchrun to split the data across processes.",
+    )
+    p.add_argument("--model", required=True, help="hub id, local model folder, vitq quantized folder, or zoo:NAME")
+    p.add_argument("--task", required=True, choices=TASK_CHOICES)
+    p.add_argument("--data", help="test data: a folder or .zip of class folders; for retrieval a captions CSV (or its folder)")
+    p.add_argument("--train-data", help="linear probe: training images (folder or .zip of class folders)")
+    p.add_argument("--reference", help="fidelity: the full-precision model to compare with")
+    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset of N images (the same for the same --seed)")
+    p.add_argument("--train-limit", type=int, help="linear probe: N training images (default: --limit)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--templates", default="ensemble7",
+                   help="zero-shot prompts: ensemble7, imagenet80, simple, a template like 'a photo of a {}.', or a file of templates")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id, when the model folder has none")
+    p.add_argument("--label-map", default="auto", choices=("auto", "names", "index"),
+                   help="top1: match data classes to model labels by name or by index (default: names when they all match)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them instead of stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding images")
+    p.add_argument("--cache-dir", help="keep class text embeddings here between runs")
+    p.add_argument("--plot", help="fidelity: save the image-text similarity matrices as this PNG (default: beside --json)")
+    p.add_argument("--cost", action="store_true", help="also report size per component and FLOPs/BOPs per image")
+    p.add_argument("--json", metavar="OUT", help="write the result JSON here (atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def load(spec: str):
+    from ..models.loading import load_model
+
+    return load_model(spec)
+
+
+def run(args) -> int:
+    from ..errors import ConfigError
+    from ..eval import distributed, evaluate
+    from ..io_utils import to_json, write_json
+
+    if args.task != "cost" and not args.data:
+        raise ConfigError(f"--task {args.task} needs --data PATH")
+    if args.task == "fidelity" and not args.reference:
+        raise ConfigError("--task fidelity needs --reference MODEL (the full-precision model)")
+    plot = args.plot
+    if args.task == "fidelity" and plot is None and args.json:
+        plot = str(Path(args.json).with_suffix("")) + "_similarity.png"
+    result = evaluate(
+        load(args.model), args.task, args.data,
+        reference=load(args.reference) if args.reference else None,
+        batch_size=args.batch_size, limit=args.limit, train_limit=args.train_limit, seed=args.seed,
+        skip_bad=args.skip_bad, templates=args.templates, tokenizer=args.tokenizer, train_data=args.train_data,
+        num_workers=args.workers, cache_dir=args.cache_dir, plot=plot, progress=not args.quiet,
+        label_map=args.label_map, cost=args.cost,
+    )
+    result["model"] = args.model  # the spec as the user wrote it
+    if args.reference:
+        result["reference"] = args.reference
+    if distributed.is_main():
+        if args.json:
+            write_json(args.json, result)
+        sys.stdout.write(to_json(result))
+    return 0

@@ -1,0 +1,60 @@
+"""``vitq export``: write a quantized folder as QDQ ONNX graphs (one per tower) for integer runtimes."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("onnx",)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="export a quantized model to QDQ ONNX (image.onnx, text.onnx)",
+                       description="Export a folder written by `vitq quantize` to QDQ ONNX graphs with vitq's own "
+                                   "scales and zero-points; ONNX Runtime and OpenVINO run them on integer kernels.")
+    p.add_argument("--model", required=True, help="a folder written by `vitq quantize` (or vitq.save)")
+    p.add_argument("--format", default="onnx", help="export format (only onnx: QDQ ONNX)")
+    p.add_argument("--out", help="output folder (default: MODEL/onnx); gets image.onnx, text.onnx, export.json")
+    p.add_argument("--towers", default="image,text", help="image, text or image,text (default: every tower the model has)")
+    p.add_argument("--check", type=int, default=4, metavar="N",
+                   help="compare the exported graphs with the simulated model on N random inputs (0: skip; default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import ConfigError, ModelError
+    from ..saving import is_saved_folder
+
+    if args.format.lower() not in FORMATS:
+        raise ConfigError(f"unknown export format {args.format!r}", hint=f"known formats: {', '.join(FORMATS)}")
+    towers = [t.strip() for t in args.towers.split(",") if t.strip()]
+    bad = [t for t in towers if t not in ("image", "text")]
+    if bad or not towers:
+        raise ConfigError(f"unknown tower {', '.join(bad) or '(none)'}", hint="use image, text or image,text")
+    folder = Path(args.model)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist", hint="pass a folder written by `vitq quantize`")
+    if not is_saved_folder(folder):
+        raise ModelError(f"{folder} is not a vitq quantized-model folder (no vitq_config.json)",
+                         hint="quantize it first: vitq quantize --model ... --out DIR, then vitq export --model DIR")
+    from ..export import DEFAULT_SUBFOLDER, export_onnx
+    from ..saving import load
+
+    model = load(folder)
+    out = Path(args.out) if args.out else folder / DEFAULT_SUBFOLDER
+    out = export_onnx(model, out, towers=towers, progress=not args.quiet)
+    from ..export.check import compare_with_simulation
+    from ..export.onnx_qdq import read_export_meta
+
+    meta = read_export_meta(out)
+    for tower, info in meta["towers"].items():
+        line = f"{tower}: {out / info['file']} ({info['bytes'] / 1e6:.1f} MB, {info['weights_folded']} int8 weight tensors)"
+        if args.check > 0:
+            cos = compare_with_simulation(model, out, tower, samples=args.check)
+            line += f"; cosine vs simulation {cos:.5f}"
+        print(line)
+    for note in meta.get("notes", []):
+        print(f"note: {note}")
+    return 0

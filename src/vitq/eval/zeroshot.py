@@ -1,0 +1,40 @@
+"""Zero-shot classification with a CLIP-style model: class names through prompt templates."""
+
+from __future__ import annotations
+
+from ..data.preprocess import image_transform
+from ..errors import ModelError
+from .datasets import open_images
+from .features import device_of, image_embeddings, is_dual_encoder, run_images
+from .metrics import normalize, topk_accuracy
+from .options import EvalOptions
+from .templates import resolve_templates
+from .text import class_embeddings, resolve_tokenizer
+
+
+def require_dual_encoder(model, task: str) -> None:
+    if not is_dual_encoder(model):
+        raise ModelError(
+            f"{task} needs a CLIP-style model with get_image_features/get_text_features, got {type(model).__name__}",
+            hint="use --task top1 for image classifiers",
+        )
+
+
+def zero_shot(model, data, opts: EvalOptions, reference=None) -> dict:
+    require_dual_encoder(model, "zero-shot classification")
+    templates = resolve_templates(opts.templates)
+    tokenizer = resolve_tokenizer(model, opts.tokenizer)
+    dataset = open_images(data, opts.transform or image_transform(model), opts.limit, opts.seed, opts.skip_bad)
+    weights = class_embeddings(model, tokenizer, dataset.class_names, templates, opts.text_batch_size,
+                               opts.cache_dir, opts.progress)
+    device = device_of(model)
+    images = run_images(dataset, lambda x: image_embeddings(model, x), device, opts.batch_size, opts.num_workers,
+                        desc="zero-shot", progress=opts.progress)
+    metrics = topk_accuracy(normalize(images.outputs[0]) @ weights.T, images.targets)
+    return {
+        "num_examples": images.count,
+        "skipped_images": images.skipped,
+        "metrics": metrics,
+        "num_classes": len(dataset.class_names),
+        "templates": list(templates),
+    }

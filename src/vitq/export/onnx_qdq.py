@@ -1,0 +1,153 @@
+"""Write a vitq-quantized model as QDQ ONNX graphs, one per tower (image.onnx, text.onnx).
+
+The graph uses the QuantState unchanged: each active uniform point becomes a
+QuantizeLinear/DequantizeLinear pair with vitq's scale and zero-point (per-channel weights with
+their axis, stored as int8 initializers), LayerNorm, Softmax and residual additions stay float.
+See :mod:`vitq.export.qdq` for how sub-8-bit and log quantizers are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import ConfigError, ModelError
+from ..nn import quantizers
+from .qdq import to_export_mode
+from .towers import SIGNATURES, example_inputs, image_shape, tower_module, towers_of
+
+OPSET = 17  # LayerNormalization is a single op from 17 on; QDQ per-channel from 13
+EXPORT_META = "export.json"
+
+
+def _check_quantized(model: nn.Module) -> None:
+    if getattr(model, "vitq_info", None) is None or not any(True for _ in quantizers(model)):
+        raise ModelError("this model was not quantized by vitq", hint="quantize it first (vitq.quantize or `vitq quantize`), then export")
+
+
+def _dynamic_axes(tower: str) -> dict:
+    inputs, output = SIGNATURES[tower]
+    axes = {name: {0: "batch"} for name in inputs}
+    if tower == "text":
+        axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    axes[output] = {0: "batch"}
+    return axes
+
+
+def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = OPSET) -> dict:
+    """Trace one tower of an export-mode model to ONNX, fold its weights to int8; returns stats."""
+    import onnx
+
+    from .graph_passes import optimize_qdq_graph
+
+    path = Path(path)
+    inputs, output = SIGNATURES[tower]
+    module = tower_module(model, tower).eval()
+    args = example_inputs(model, tower)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(module, args, str(raw), dynamo=False, opset_version=opset, input_names=list(inputs),
+                          output_names=[output], dynamic_axes=_dynamic_axes(tower), do_constant_folding=True)
+        graph = onnx.load(str(raw))
+    stats = optimize_qdq_graph(graph)
+    graph.doc_string = f"vitq {__version__} QDQ export ({tower} tower)"
+    data = graph.SerializeToString()
+    if len(data) >= 2**31 - 1:
+        raise ModelError(f"the {tower} tower is too large for one ONNX file (2 GB)", hint="export fewer towers or a smaller model")
+    from ..io_utils import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+    return {**stats, "file": path.name, "bytes": path.stat().st_size, "inputs": list(inputs), "output": output}
+
+
+def _point_summary(model: nn.Module) -> dict:
+    kinds, bits = set(), set()
+    for _, q in quantizers(model):
+        if q.active:
+            kinds.add(q.kind)
+            bits.add(q.bits)
+    return {"kinds": sorted(kinds), "bits": sorted(bits)}
+
+
+def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPSET, progress: bool = False) -> Path:
+    """Export every tower of a vitq-quantized model into folder ``out``; returns the folder.
+
+    ``out`` gets ``image.onnx`` and/or ``text.onnx`` and ``export.json`` (towers, inputs, notes).
+    """
+    _check_quantized(model)
+    have = towers_of(model)
+    chosen = tuple(have if towers is None else [t for t in towers if t in have])
+    if not chosen:
+        raise ConfigError(f"the model has no {' or '.join(towers)} tower", hint=f"choose from: {', '.join(have)}")
+    out = Path(out)
+    if out.suffix == ".onnx":
+        raise ConfigError(f"{out} names a file", hint="give a folder: vitq writes one graph per tower (image.onnx, text.onnx) and export.json")
+    out.mkdir(parents=True, exist_ok=True)
+    stale = out / EXPORT_META
+    if stale.exists():
+        stale.unlink()  # a half-finished re-export must not look complete
+    emodel = to_export_mode(model)
+    summary = _point_summary(model)
+    meta = {
+        "format": "vitq-onnx-qdq", "vitq_version": __version__, "opset": opset, "model_class": type(model).__name__,
+        "method": model.vitq_info.get("method"), "bits": model.vitq_info.get("config", {}).get("bits"),
+        "quantizer_kinds": summary["kinds"], "quantizer_bits": summary["bits"],
+        "notes": _notes(summary), "towers": {},
+    }
+    if "image" in chosen:
+        meta["image_shape"] = list(image_shape(model))
+    from tqdm.auto import tqdm
+
+    for tower in tqdm(chosen, desc="exporting", disable=not progress, leave=False):
+        meta["towers"][tower] = export_tower(emodel, tower, out / f"{tower}.onnx", opset)
+    _copy_side_files(model, out)
+    from ..io_utils import write_json
+
+    write_json(out / EXPORT_META, meta)  # written last: its presence marks a complete export
+    return out
+
+
+def _copy_side_files(model: nn.Module, out: Path) -> None:
+    """config.json, and the tokenizer/processor files of the source folder, so the export stands alone."""
+    import shutil
+
+    from ..saving import _SIDE_FILES
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    config.to_json_file(str(out / "config.json"))
+    src = getattr(config, "_name_or_path", "") or ""
+    if src and Path(src).is_dir() and Path(src).resolve() != out.resolve():
+        for name in _SIDE_FILES:
+            if (Path(src) / name).is_file():
+                shutil.copy2(Path(src) / name, out / name)
+
+
+def _notes(summary: dict) -> list[str]:
+    notes = []
+    if any(b < 8 for b in summary["bits"]):
+        notes.append("sub-8-bit points are stored as int8/uint8 (ONNX QDQ before opset 21 has no 4-bit type) "
+                     "and clamped to their b-bit range, so the codes equal vitq's")
+    if any(k != "uniform" for k in summary["kinds"]):
+        notes.append("log (post-Softmax) quantizers have no ONNX op: they are written as float ops with the same values")
+    return notes
+
+
+def read_export_meta(folder: str | Path) -> dict | None:
+    path = Path(folder) / EXPORT_META
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ModelError(f"{path} is unreadable: {err}", hint="export the model again") from None

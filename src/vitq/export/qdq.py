@@ -1,0 +1,120 @@
+"""Export mode: every active quantization point becomes an op that ONNX knows.
+
+Uniform points become ``torch.fake_quantize_per_{tensor,channel}_affine`` with vitq's own scale and
+zero-point, which the TorchScript exporter writes as QuantizeLinear/DequantizeLinear. ONNX QDQ
+(opset < 21) has only 8-bit types, so a b-bit point (b < 8) uses the int8/uint8 type and clamps its
+input in float to the b-bit range first: the codes are then exactly the b-bit ones.
+Log points (post-Softmax log2 / log-sqrt2) have no ONNX op; they are written as the equivalent
+float ops (log2, round, pow), so the runtime computes the same values without integer kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from ..nn import QuantConv2d, QuantLinear, TensorQuantizer
+from ..quant.uniform import int_range
+
+
+def onnx_int_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The 8-bit ONNX range that holds a b-bit quantizer's codes: int8 when signed, uint8 when not."""
+    return (-128, 127) if symmetric else (0, 255)
+
+
+class _ExportPoint(nn.Module):
+    # vitq's layers call ``point.quantizer(w)`` for weights and check ``point.active``.
+    active = True
+
+    @property
+    def quantizer(self):
+        return self
+
+
+class QDQPoint(_ExportPoint):
+    """A uniform quantization point in export form (same numbers, exportable ops)."""
+
+    def __init__(self, tq: TensorQuantizer):
+        super().__init__()
+        uq = tq.quantizer
+        self.bits, self.symmetric, self.axis = uq.bits, uq.symmetric, uq.axis
+        self.role = getattr(tq, "role", None)
+        self.register_buffer("scale", uq.scale.detach().float().reshape(-1).clone())
+        self.register_buffer("zero_point", uq.zero_point.detach().round().to(torch.int32).reshape(-1).clone())
+        self.qmin, self.qmax = int_range(self.bits, self.symmetric)
+        self.onnx_min, self.onnx_max = onnx_int_range(self.bits, self.symmetric)
+        # A sub-8-bit activation needs the float clamp; weights hold vitq's codes already.
+        self.needs_clamp = (self.qmin, self.qmax) != (self.onnx_min, self.onnx_max) and not getattr(tq, "weight_codes_exact", False)
+
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.needs_clamp:
+            return x
+        lo = self.scale * (self.qmin - self.zero_point).float()
+        hi = self.scale * (self.qmax - self.zero_point).float()
+        if self.axis is not None:
+            shape = [1] * x.dim()
+            shape[self.axis] = -1
+            lo, hi = lo.reshape(shape), hi.reshape(shape)
+        else:
+            lo, hi = lo.reshape(()), hi.reshape(())
+        return torch.minimum(torch.maximum(x, lo), hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._clamp(x)
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.onnx_min, self.onnx_max)
+        axis = self.axis % x.dim()
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, axis, self.onnx_min, self.onnx_max)
+
+
+class LogPoint(_ExportPoint):
+    """A log quantizer written with float ops (ONNX has no logarithmic quantization type)."""
+
+    def __init__(self, tq: TensorQuantizer):
+        super().__init__()
+        self.log = copy.deepcopy(tq.quantizer)
+        self.role = getattr(tq, "role", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log.dequantize(self.log.quantize(x))
+
+
+def export_point(tq: TensorQuantizer) -> nn.Module | None:
+    """What a quantization point becomes in the exported graph (None, as if absent, when inactive)."""
+    if not tq.active:
+        return None
+    if tq.kind == "uniform":
+        return QDQPoint(tq)
+    return LogPoint(tq)
+
+
+def to_export_mode(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose quantization points are exportable (the original is untouched)."""
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            wq = getattr(m, "weight_quantizer", None)
+            if isinstance(m, (QuantLinear, QuantConv2d)) and wq is not None and wq.active and wq.kind == "uniform":
+                # Store vitq's own fake-quantized weight: the graph's QuantizeLinear (folded to int8
+                # codes at export) then recovers exactly vitq's codes, clamping included.
+                m.weight.data = wq.quantizer(m.weight.detach())
+                wq.weight_codes_exact = True
+    for name, m in list(model.named_modules()):
+        if isinstance(m, TensorQuantizer):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, export_point(m))
+    return model
+
+
+@contextlib.contextmanager
+def no_grad_eval(model: nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was)
