@@ -28,6 +28,7 @@ from vitq.models.loading import load_model  # noqa: E402
 # Test sets, relative to the data root; the calibration set is the training zip (never the test set).
 DATASETS = {
     "cifar10": "cifar10/test",
+    "cifar10-train": "cifar10/train-1000-per-class.zip",
     "tiny-imagenet": "tiny-imagenet-200/val",
     "imagenette": "imagenette-val-500",
 }
@@ -66,11 +67,14 @@ def calibration(model, args, num: int | None = None, text: bool = True) -> list[
                                tokenizer=tokenizer, seed=args.seed)
 
 
-def score(model, task: str, dataset: str, args, tokenizer=None) -> dict:
-    """Metrics of one model on one test set (zero-shot with the 7-template ensemble, or top-1)."""
+def score(model, task: str, dataset: str, args, tokenizer=None, train: str | None = None) -> dict:
+    """Metrics of one model on one test set (zero-shot with the 7-template ensemble, top-1, or a
+    linear probe trained on ``train``)."""
     options = dict(limit=args.limit or None, batch_size=args.batch_size, seed=args.seed, progress=True)
     if task == "zero-shot":
         options.update(templates="ensemble7", tokenizer=tokenizer)
+    if task == "linear-probe":
+        options.update(train_data=data_root() / DATASETS[train])
     result = vitq.evaluate(model, task, data_root() / DATASETS[dataset], **options)
     return dict(result["metrics"], n=result["num_examples"])
 
@@ -82,6 +86,21 @@ def size_mb(model) -> float:
 
 def gflops(model) -> float:
     return compute_cost(model)["flops"] / 1e9
+
+
+def median_ms_per_image(fn, batch: int, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup``, per image, in ms."""
+    import statistics
+
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch
 
 
 def timed(fn):

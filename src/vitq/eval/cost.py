@@ -76,6 +76,8 @@ def model_size(model) -> dict:
                 overhead_bits += param.numel() * param.element_size() * 8
                 continue
             bits = quantizer_bits(getattr(module, "weight_quantizer", None)) if param_name == "weight" else FULL_BITS
+            if _is_dynamic_int8(param):
+                bits = 8  # the dynamic method's torchao int8 weights
             entry = components.setdefault(component_of(full), {"params": 0, "bits": 0})
             entry["params"] += param.numel()
             entry["bits"] += param.numel() * bits
@@ -102,6 +104,10 @@ def _extra_formulas() -> dict:
     return {getattr(torch.ops.aten, op): _sdpa_flops for op in ops if hasattr(torch.ops.aten, op)}
 
 
+def _is_dynamic_int8(param) -> bool:
+    return any(type(t).__name__ == "Int8Tensor" for t in (param, getattr(param, "data", None)))
+
+
 def _is_matmul_module(module) -> bool:
     return hasattr(module, "a_quantizer") and hasattr(module, "b_quantizer")
 
@@ -115,6 +121,8 @@ def _layer_cost(module, args, output) -> tuple[str, int, int, int] | None:
         return "matmul", macs, quantizer_bits(module.a_quantizer), quantizer_bits(module.b_quantizer)
     w_bits = quantizer_bits(getattr(module, "weight_quantizer", None))
     a_bits = quantizer_bits(getattr(module, "input_quantizer", None))
+    if _is_dynamic_int8(getattr(module, "weight", None)):
+        w_bits = a_bits = 8  # torchao dynamic int8: int8 weights and int8 activations at run time
     out = output if torch.is_tensor(output) else output[0]
     if isinstance(module, torch.nn.Linear):
         return "linear", out.numel() // module.out_features * module.in_features * module.out_features, w_bits, a_bits

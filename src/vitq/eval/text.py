@@ -57,10 +57,19 @@ def text_fingerprint(model) -> str:
         h.update(f"{name}:{module!r}".encode())
         h.update(repr(_switches(module)).encode())
         for key, tensor in module.state_dict().items():
-            t = tensor.detach().cpu().contiguous().reshape(-1)
-            h.update(f"{key}:{t.dtype}:{tuple(tensor.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+            for part in _plain_parts(tensor.detach()):
+                t = part.cpu().contiguous().reshape(-1)
+                h.update(f"{key}:{t.dtype}:{tuple(part.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _plain_parts(tensor) -> list:
+    """The plain tensors behind a tensor subclass (torchao's int8 weights: codes and scales)."""
+    if type(tensor) is torch.Tensor or not hasattr(tensor, "__tensor_flatten__"):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [p for n in names for p in _plain_parts(getattr(tensor, n))]
 
 
 def _switches(module) -> list:
