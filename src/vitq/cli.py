@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from .commands import COMMANDS
 from .errors import VitqError
@@ -21,9 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_as_interrupt(signum, frame):
+    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so temporary files are removed and
+    # nothing is renamed into place half-written.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return int(args._run(args) or 0)
     except VitqError as err:

@@ -51,12 +51,14 @@ def load_rgb(data: bytes | str, where: str | None = None) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        # 16-bit greyscale (PIL may open it as 32-bit "I"): map 0..65535 onto 0..255 instead of
+        # clipping every value above 255 to white; values that already fit 8 bits stay as they are.
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype("uint8"), mode="L")
+        if arr.max() > 255:
+            arr = arr * (255.0 / 65535.0)
+        img = Image.fromarray(np.rint(arr).clip(0, 255).astype("uint8"), mode="L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")

@@ -11,7 +11,8 @@ from torch import nn
 from ..errors import ModelError
 from .families import SUPPORTED_CLASSES
 
-_REFUSED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+# PyTorch checkpoints are read only with torch.load(weights_only=True): tensors, never code.
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 def _class_for_folder(folder: Path):
@@ -28,6 +29,40 @@ def _class_for_folder(folder: Path):
     raise ModelError(f"{folder} holds a {named} model, which vitq does not support", hint="supported: " + ", ".join(SUPPORTED_CLASSES))
 
 
+def _from_torch_checkpoint(path: Path) -> nn.Module:
+    """A state dict saved with torch.save, next to the config.json of its transformers model."""
+    import pickle
+
+    import torch
+
+    if not (path.parent / "config.json").is_file():
+        raise ModelError(
+            f"{path} is a bare state dict; vitq needs the model's config.json beside it to know the architecture",
+            hint="put the transformers config.json in the same folder, or save the model with save_pretrained",
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise ModelError(
+            f"refused to load {path}: it is not a plain tensor checkpoint ({str(err).splitlines()[0][:160]})",
+            hint="vitq never unpickles code; re-save the weights as a state dict of tensors or as safetensors",
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors", hint="save model.state_dict() with torch.save")
+    cls = _class_for_folder(path.parent)
+    model = cls(cls.config_class.from_json_file(str(path.parent / "config.json")))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+        raise ModelError(
+            f"{path} does not match the {cls.__name__} of its config.json "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]})",
+            hint="check that the checkpoint and config.json belong to the same model",
+        )
+    return model.float().eval()
+
+
 def load_model(spec: str, **from_pretrained_kwargs) -> nn.Module:
     """Load a model in float32 eval mode from a spec string."""
     from ..saving import is_saved_folder, load
@@ -39,12 +74,12 @@ def load_model(spec: str, **from_pretrained_kwargs) -> nn.Module:
         return load_model(str(zoo.path(spec[4:])), **from_pretrained_kwargs)
     path = Path(spec).expanduser()
     if path.is_file():
-        if path.suffix.lower() in _REFUSED_SUFFIXES:
-            raise ModelError(
-                f"{path} is a pickled checkpoint; vitq reads only safetensors and JSON",
-                hint="load it yourself with torch.load(..., weights_only=True), build the transformers model, and save it with save_pretrained (safetensors)",
-            )
-        raise ModelError(f"{path} is a file, not a model folder", hint="pass a folder with config.json and model.safetensors, a hub id, or zoo:NAME")
+        if path.suffix.lower() in _TORCH_SUFFIXES:
+            return _from_torch_checkpoint(path)
+        raise ModelError(
+            f"{path} is a {path.suffix or 'suffix-less'} file, not a model vitq can read",
+            hint="pass a model folder (config.json + model.safetensors), a .pt/.bin state dict beside a config.json, a hub id, or zoo:NAME",
+        )
     if path.is_dir():
         if is_saved_folder(path):
             return load(path)
