@@ -186,3 +186,49 @@ def test_same_seed_same_scales(models, method):
     assert runs[0].keys() == runs[1].keys()
     for key in runs[0]:
         assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+# -- interrupted evaluations resume to the same result ---------------------------------------------
+
+@needs_data("cifar10")
+def test_killed_evaluation_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import transformers as T
+
+    from vitq.eval import features
+
+    torch.manual_seed(0)
+    model = T.ViTForImageClassification(T.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=32, image_size=32, patch_size=8, num_labels=10)).eval()
+    data = data_root() / "cifar10" / "test"
+    opts = dict(limit=100, batch_size=8, progress=False, label_map="index")
+    full = vitq.evaluate(model, "top1", data, **opts)
+
+    real = features._as_tuple
+    calls = {"n": 0}
+
+    def dies_after_11_of_13_batches(out):
+        calls["n"] += 1
+        if calls["n"] > 11:
+            raise KeyboardInterrupt  # what SIGINT/SIGTERM does in the CLI
+        return real(out)
+
+    monkeypatch.setattr(features, "_as_tuple", dies_after_11_of_13_batches)
+    with pytest.raises(KeyboardInterrupt):
+        vitq.evaluate(model, "top1", data, checkpoint=tmp_path / "ckpt", **opts)
+    monkeypatch.setattr(features, "_as_tuple", real)
+    saved = list((tmp_path / "ckpt").iterdir())
+    assert len(saved) == 1  # 10 batches were saved before the kill
+
+    computed = {"n": 0}
+
+    def counting(out):
+        computed["n"] += 1
+        return real(out)
+
+    monkeypatch.setattr(features, "_as_tuple", counting)
+    resumed = vitq.evaluate(model, "top1", data, checkpoint=tmp_path / "ckpt", resume=True, **opts)
+    assert computed["n"] == 3  # only the 3 batches not saved before the kill ran again
+    assert resumed["metrics"] == full["metrics"] and resumed["num_examples"] == full["num_examples"]
+    assert not list((tmp_path / "ckpt").iterdir())  # a finished run removes its checkpoint
+    with pytest.raises(ConfigError, match="--checkpoint"):
+        vitq.evaluate(model, "top1", data, resume=True, **opts)

@@ -38,6 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="keep class text embeddings here between runs")
     p.add_argument("--plot", help="fidelity: save the image-text similarity matrices as this PNG (default: beside --json)")
     p.add_argument("--cost", action="store_true", help="also report size per component and FLOPs/BOPs per image")
+    p.add_argument("--checkpoint", metavar="DIR", help="save finished batches here as the run goes (for --resume)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from --checkpoint DIR")
     p.add_argument("--json", metavar="OUT", help="write the result JSON here (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -67,7 +69,7 @@ def run(args) -> int:
         batch_size=args.batch_size, limit=args.limit, train_limit=args.train_limit, seed=args.seed,
         skip_bad=args.skip_bad, templates=args.templates, tokenizer=args.tokenizer, train_data=args.train_data,
         num_workers=args.workers, cache_dir=args.cache_dir, plot=plot, progress=not args.quiet,
-        label_map=args.label_map, cost=args.cost,
+        label_map=args.label_map, cost=args.cost, checkpoint=args.checkpoint, resume=args.resume,
     )
     result["model"] = args.model  # the spec as the user wrote it
     if args.reference:

@@ -86,7 +86,7 @@ def top1(model, data, opts: EvalOptions, reference=None) -> dict:
     dataset = open_images(data, opts.transform or image_transform(model), opts.limit, opts.seed, opts.skip_bad)
     mapping, rule = label_mapping(dataset.classes, model.config, opts.label_map)
     images = run_images(dataset, lambda x: as_tensor(model(pixel_values=x)), device_of(model), opts.batch_size,
-                        opts.num_workers, desc="top-1", progress=opts.progress)
+                        opts.num_workers, desc="top-1", progress=opts.progress, checkpoint=opts.checkpointer())
     targets = torch.tensor(mapping)[images.targets]
     return {
         "num_examples": images.count,

@@ -138,19 +138,26 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
 
 
 def run_images(dataset, fn: Callable, device, batch_size: int = 32, num_workers: int = 0,
-               desc: str = "images", progress: bool = True) -> ImagePass:
+               desc: str = "images", progress: bool = True, checkpoint=None) -> ImagePass:
     """Apply ``fn(pixel_values)`` to this rank's batches of ``dataset``; gather all ranks' results in order.
 
     Items are ``(tensor, target)``; ``None`` items (unreadable images under ``skip_bad``) are dropped and counted.
+    With a :class:`~vitq.eval.checkpoint.Checkpoint`, finished batches are saved as it goes and a
+    resumed run computes only the rest.
     """
     mine = distributed.my_batches(len(dataset), batch_size)
+    rank = distributed.rank_and_world()[0]
+    signature = {"desc": desc, "images": len(dataset), "batch_size": batch_size}
+    done = checkpoint.load(desc, rank, signature) if checkpoint else {}
+    local = sorted(done.items())
+    todo = [(number, idx) for number, idx in mine if number not in done]
     source = _Guarded(dataset) if num_workers > 0 else dataset
-    loader = DataLoader(source, batch_sampler=[idx for _, idx in mine], collate_fn=_collate, num_workers=num_workers)
-    local = []
+    loader = DataLoader(source, batch_sampler=[idx for _, idx in todo], collate_fn=_collate, num_workers=num_workers)
     # Only rank 0 draws a bar, over its own share (the other ranks run alongside).
-    bar = tqdm(total=sum(len(idx) for _, idx in mine), desc=desc, unit="img", disable=not progress or not distributed.is_main())
+    bar = tqdm(total=sum(len(idx) for _, idx in mine), initial=sum(len(idx) for n, idx in mine if n in done),
+               desc=desc, unit="img", disable=not progress or not distributed.is_main())
     with torch.inference_mode():
-        for (number, idx), (batch, skipped) in zip(mine, loader):
+        for step, ((number, idx), (batch, skipped)) in enumerate(zip(todo, loader), start=1):
             if isinstance(batch, _Failure):
                 raise DataError(batch.message, hint=batch.hint)
             if batch is None:
@@ -159,7 +166,10 @@ def run_images(dataset, fn: Callable, device, batch_size: int = 32, num_workers:
                 x, y = batch
                 local.append((number, (_as_tuple(fn(x.to(device))), torch.as_tensor(y), skipped)))
             bar.update(len(idx))
+            if checkpoint and step % checkpoint.every == 0:
+                checkpoint.save(desc, rank, signature, local)
     bar.close()
+    local.sort(key=lambda item: item[0])
     parts = distributed.gather_in_order(local)
     kept = [p for p in parts if p[0] is not None]
     skipped = sum(p[2] for p in parts)
@@ -167,6 +177,8 @@ def run_images(dataset, fn: Callable, device, batch_size: int = 32, num_workers:
         raise DataError(f"no readable images to evaluate ({skipped} skipped as unreadable, {len(dataset)} in the data set)",
                         hint="check the data path and --limit")
     outputs = tuple(torch.cat([p[0][i] for p in kept]) for i in range(len(kept[0][0])))
+    if checkpoint:
+        checkpoint.clear(desc, rank)
     return ImagePass(outputs, torch.cat([p[1] for p in kept]), skipped)
 
 

@@ -56,7 +56,7 @@ def _dual_on_classes(model, reference, data, transform, opts: EvalOptions) -> di
         weights.append(class_embeddings(m, resolve_tokenizer(m, opts.tokenizer), dataset.class_names, templates,
                                         opts.text_batch_size, opts.cache_dir, opts.progress))
     images = run_images(dataset, _pair(image_embeddings, model, reference), device_of(model), opts.batch_size,
-                        opts.num_workers, desc="fidelity", progress=opts.progress)
+                        opts.num_workers, desc="fidelity", progress=opts.progress, checkpoint=opts.checkpointer())
     emb_q, emb_r = images.outputs
     scores_q, scores_r = normalize(emb_q) @ weights[0].T, normalize(emb_r) @ weights[1].T
     text_cos = cosine_stats(weights[0], weights[1])
@@ -78,7 +78,7 @@ def _dual_on_classes(model, reference, data, transform, opts: EvalOptions) -> di
 def _dual_on_captions(model, reference, data, transform, opts: EvalOptions) -> dict:
     dataset = open_captions(data, transform, opts.limit, opts.seed, opts.skip_bad)
     images = run_images(dataset, _pair(image_embeddings, model, reference), device_of(model), opts.batch_size,
-                        opts.num_workers, desc="fidelity", progress=opts.progress)
+                        opts.num_workers, desc="fidelity", progress=opts.progress, checkpoint=opts.checkpointer())
     texts, owner = kept_captions(dataset, images.targets)
     txt = [encode_captions(m, resolve_tokenizer(m, opts.tokenizer), texts, opts, desc=f"captions ({who})")
            for m, who in ((model, "model"), (reference, "reference"))]
@@ -101,7 +101,7 @@ def _classifier(model, reference, data, transform, opts: EvalOptions) -> dict:
     dataset = open_images(data, transform, opts.limit, opts.seed, opts.skip_bad)
     logits = lambda m, x: as_tensor(m(pixel_values=x))  # noqa: E731
     images = run_images(dataset, _pair(logits, model, reference), device_of(model), opts.batch_size,
-                        opts.num_workers, desc="fidelity", progress=opts.progress)
+                        opts.num_workers, desc="fidelity", progress=opts.progress, checkpoint=opts.checkpointer())
     out_q, out_r = images.outputs
     metrics = {**cosine_stats(out_q, out_r), "agreement": agreement(out_q, out_r)}
     reference_metrics = {}

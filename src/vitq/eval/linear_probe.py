@@ -78,8 +78,8 @@ def linear_probe(model, data, opts: EvalOptions, reference=None) -> dict:
                         hint="use training and test data with the same class folders")
     to_train_label = torch.tensor([train_index[c.folder] for c in test.classes])
     fn, device = frozen_features(model), device_of(model)
-    tr = run_images(train, fn, device, opts.batch_size, opts.num_workers, desc="probe train", progress=opts.progress)
-    te = run_images(test, fn, device, opts.batch_size, opts.num_workers, desc="probe test", progress=opts.progress)
+    tr = run_images(train, fn, device, opts.batch_size, opts.num_workers, desc="probe train", progress=opts.progress, checkpoint=opts.checkpointer())
+    te = run_images(test, fn, device, opts.batch_size, opts.num_workers, desc="probe test", progress=opts.progress, checkpoint=opts.checkpointer())
     fitted = None
     if distributed.is_main():  # one fit, shared: every rank returns the same numbers
         fitted = fit_probe(tr.outputs[0].numpy(), tr.targets.numpy(), te.outputs[0].numpy(),

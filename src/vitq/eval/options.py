@@ -29,6 +29,18 @@ class EvalOptions:
     c_values: Sequence[float] | None = None  # linear probe: the sweep of C (default: 10^-4 … 10^4)
     val_fraction: float = 0.2  # linear probe: share of the training data held out to choose C
     cost: bool = False  # also report size and FLOPs/BOPs
+    checkpoint: str | Path | None = None  # folder for resumable passes over images
+    resume: bool = False  # continue from the batches saved in ``checkpoint``
+
+    def checkpointer(self):
+        """A :class:`~vitq.eval.checkpoint.Checkpoint` when ``checkpoint`` is set, else None."""
+        if self.checkpoint is None:
+            if self.resume:
+                raise ConfigError("--resume needs --checkpoint DIR", hint="pass the folder the interrupted run saved to")
+            return None
+        from .checkpoint import Checkpoint
+
+        return Checkpoint(Path(self.checkpoint), resume=self.resume)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "EvalOptions":

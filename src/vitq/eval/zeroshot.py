@@ -29,7 +29,7 @@ def zero_shot(model, data, opts: EvalOptions, reference=None) -> dict:
                                opts.cache_dir, opts.progress)
     device = device_of(model)
     images = run_images(dataset, lambda x: image_embeddings(model, x), device, opts.batch_size, opts.num_workers,
-                        desc="zero-shot", progress=opts.progress)
+                        desc="zero-shot", progress=opts.progress, checkpoint=opts.checkpointer())
     metrics = topk_accuracy(normalize(images.outputs[0]) @ weights.T, images.targets)
     return {
         "num_examples": images.count,
