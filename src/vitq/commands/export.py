@@ -55,6 +55,9 @@ def run(args) -> int:
             cos = compare_with_simulation(model, out, tower, samples=args.check)
             line += f"; cosine vs simulation {cos:.5f}"
         print(line)
+    from ..export.sizes import format_size_report, size_report
+
+    print(format_size_report(size_report(model, folder, out)))
     for note in meta.get("notes", []):
         print(f"note: {note}")
     return 0

@@ -54,8 +54,6 @@ def run(args) -> int:
         return 0
     if not args.out:
         raise ConfigError("--out is required", hint="name the folder to write the quantized model to")
-    if not args.calib:
-        raise ConfigError("--calib is required", hint="pass a folder of calibration images")
     from ..api import quantize
     from ..data.calibration import calibration_batches
     from ..data.preprocess import image_transform
@@ -68,18 +66,23 @@ def run(args) -> int:
                       num_calib=args.num_calib, batch_size=args.batch_size, seed=args.seed, options=_parse_options(args.option))
     from ..methods import get_method
 
-    get_method(cfg.method)  # fail on an unknown method before any slow work
+    method = get_method(cfg.method)  # fail on an unknown method before any slow work
+    needs_calib = getattr(method, "needs_calibration", True)
+    if needs_calib and not args.calib:
+        raise ConfigError(f"--calib is required by the {cfg.method} method", hint="pass a folder (or .zip) of calibration images")
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
     comps = resolve_components(family_of(model), cfg.components)
     cfg.components = comps
     tokenizer = None
-    if "text" in comps:
+    if "text" in comps and needs_calib:
         from ..eval.text import resolve_tokenizer
 
         tokenizer = resolve_tokenizer(model, args.tokenizer)
-    batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model),
-                                  tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad)
+    batches = None
+    if needs_calib:
+        batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model),
+                                      tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad)
     qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet)
     save(qmodel, args.out, overwrite=args.overwrite)
     info = qmodel.vitq_info

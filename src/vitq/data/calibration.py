@@ -2,6 +2,7 @@
 
 Images come from class subfolders or a flat folder; for a text tower, prompts are made from the
 class names ("a photo of a {class}."), so a folder of class subfolders calibrates both towers.
+Batches are decoded as they are iterated, so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -26,6 +27,49 @@ def _list_images(root: Path) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+class CalibrationBatches:
+    """A re-iterable sequence of model-input dicts (``pixel_values``, and ``input_ids`` /
+    ``attention_mask`` of class-name prompts when a tokenizer is given), decoded lazily."""
+
+    def __init__(self, root: Path, items: list[tuple[str, str | None]], batch_size: int, transform,
+                 tokenizer=None, skip_bad: bool = False, template: str = CALIB_TEMPLATE):
+        self.root, self.items, self.batch_size = root, items, batch_size
+        self.transform, self.tokenizer, self.skip_bad, self.template = transform, tokenizer, skip_bad, template
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return (len(self.items) + self.batch_size - 1) // self.batch_size
+
+    def _read(self, zf, member: str) -> bytes:
+        return zf.read(member) if zf is not None else Path(member).read_bytes()
+
+    def __iter__(self):
+        zf = zipfile.ZipFile(self.root) if self.root.is_file() else None
+        self.skipped = 0
+        try:
+            for start in range(0, len(self.items), self.batch_size):
+                pixels, names = [], []
+                for member, name in self.items[start : start + self.batch_size]:
+                    where = f"{self.root}:{member}" if zf is not None else member
+                    try:
+                        pixels.append(self.transform(load_rgb(self._read(zf, member), where=where)))
+                        names.append(name)
+                    except BadImage:
+                        if not self.skip_bad:
+                            raise
+                        self.skipped += 1
+                if not pixels:
+                    continue
+                batch = {"pixel_values": torch.stack(pixels)}
+                if self.tokenizer is not None:
+                    tok = self.tokenizer([self.template.format(n) for n in names], padding=True, truncation=True, return_tensors="pt")
+                    batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
+                yield batch
+        finally:
+            if zf is not None:
+                zf.close()
+
+
 def calibration_batches(
     root: str | Path,
     num_images: int,
@@ -35,50 +79,37 @@ def calibration_batches(
     seed: int = 0,
     skip_bad: bool = False,
     template: str = CALIB_TEMPLATE,
-) -> list[dict]:
-    """``num_images`` images (class-balanced when there are classes), as model-input dicts.
+) -> CalibrationBatches:
+    """``num_images`` images (class-balanced when there are classes, the same for the same seed).
 
     ``transform`` maps a PIL image to a (3, H, W) tensor. With a ``tokenizer``, each batch also
-    carries ``input_ids``/``attention_mask`` of prompts built from the images' class names.
+    carries prompts built from the images' class names.
     """
     root = Path(root)
     if not root.exists():
         raise DataError(f"calibration data not found: {root}", hint="pass a folder (or .zip) of images with --calib")
+    if root.is_file() and not zipfile.is_zipfile(root):
+        raise DataError(f"{root} is a file but not a zip archive", hint="pass a folder of images or a .zip of one")
     try:
         ds = ImageFolder(root, limit=num_images, seed=seed, class_map="auto")
-        items = [(ds.read_bytes(m), ds.where(m), ds.classes[label].name) for m, label in ds.samples]
+        items = [(m, ds.classes[label].name) for m, label in ds.samples]
+        # ImageFolder lists members relative to a zip; folders give full paths already.
     except DataError:
-        if root.is_file() and not zipfile.is_zipfile(root):
-            raise
         files = _list_images(root)
         if not files:
             raise DataError(f"no images found in {root}", hint=f"put calibration images ({', '.join(IMAGE_SUFFIXES)}) in the folder") from None
         random.Random(seed).shuffle(files)
-        files = sorted(files[:num_images])
-        zf = zipfile.ZipFile(root) if root.is_file() else None
-        items = [((zf.read(f) if zf else Path(f).read_bytes()), f, None) for f in files]
-    if tokenizer is not None and any(name is None for _, _, name in items):
+        items = [(f, None) for f in sorted(files[:num_images])]
+    if tokenizer is not None and any(name is None for _, name in items):
         raise DataError(
             f"{root} has no class subfolders, so there are no class names to make text prompts from",
             hint="arrange the images as ROOT/<class name>/<file>, or calibrate only the image tower (--components image)",
         )
-    pixels, names, skipped = [], [], 0
-    for data, where, name in items:
-        try:
-            pixels.append(transform(load_rgb(data, where=where)))
-            names.append(name)
-        except BadImage:
-            if not skip_bad:
-                raise
-            skipped += 1
-    if not pixels:
-        raise DataError(f"no readable images in {root} ({skipped} skipped)", hint="check the image files")
-    batches = []
-    for i in range(0, len(pixels), batch_size):
-        batch = {"pixel_values": torch.stack(pixels[i : i + batch_size])}
-        if tokenizer is not None:
-            prompts = [template.format(n) for n in names[i : i + batch_size]]
-            tok = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
-            batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
-        batches.append(batch)
+    batches = CalibrationBatches(root, items, batch_size, transform, tokenizer, skip_bad, template)
+    # Decode the first batch now, so a bad file or folder is reported before any slow work.
+    if skip_bad:
+        if not any(True for _ in batches):
+            raise DataError(f"no readable images in {root} ({batches.skipped} skipped)", hint="check the image files")
+    else:
+        next(iter(batches))
     return batches

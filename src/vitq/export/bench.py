@@ -237,11 +237,7 @@ def _ov_runner(model_or_path, case, precision):
     _need("openvino", "openvino")
     from .runtime import _OpenVinoRunner
 
-    runner = _OpenVinoRunner.__new__(_OpenVinoRunner)
-    import openvino as ov
-
-    runner.compiled = ov.Core().compile_model(model_or_path, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
-    feeds = case.feeds()
+    runner, feeds = _OpenVinoRunner(model_or_path, precision=precision), case.feeds()
     return lambda: runner(feeds)
 
 

@@ -82,6 +82,43 @@ class LogPoint(_ExportPoint):
         return self.log.dequantize(self.log.quantize(x))
 
 
+class PatchLinear(nn.Module):
+    """A patch-embedding convolution (kernel = stride, no padding) written as patches @ Wᵀ.
+
+    ONNX Runtime fuses a QDQ MatMul into an integer kernel even when its output stays float, but a
+    QDQ Conv only when its output is quantized too; as a MatMul the patch embedding runs on int8.
+    Per-tensor input quantization commutes with cutting the image into patches, so the values are
+    the same as the convolution's.
+    """
+
+    def __init__(self, conv: QuantConv2d):
+        super().__init__()
+        self.kernel = tuple(conv.kernel_size)
+        self.out_channels = conv.out_channels
+        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, -1).clone(), requires_grad=False)
+        self.bias = conv.bias
+        self.weight_quantizer, self.input_quantizer = conv.weight_quantizer, conv.input_quantizer
+
+    @staticmethod
+    def applies_to(conv: nn.Module) -> bool:
+        iq = getattr(conv, "input_quantizer", None)
+        return (isinstance(conv, QuantConv2d) and tuple(conv.kernel_size) == tuple(conv.stride) and conv.groups == 1
+                and tuple(conv.dilation) == (1, 1) and conv.padding in ((0, 0), 0, "valid")
+                and (iq is None or not iq.active or iq.axis is None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        kh, kw = self.kernel
+        nh, nw = h // kh, w // kw
+        x = x[:, :, : nh * kh, : nw * kw]  # a convolution ignores the incomplete border too
+        patches = x.reshape(b, c, nh, kh, nw, kw).permute(0, 2, 4, 1, 3, 5).reshape(b, nh * nw, c * kh * kw)
+        if self.input_quantizer is not None:
+            patches = self.input_quantizer(patches)
+        weight = self.weight if self.weight_quantizer is None else self.weight_quantizer.quantizer(self.weight)
+        y = torch.nn.functional.linear(patches, weight, self.bias)
+        return y.reshape(b, nh, nw, self.out_channels).permute(0, 3, 1, 2)
+
+
 def export_point(tq: TensorQuantizer) -> nn.Module | None:
     """What a quantization point becomes in the exported graph (None, as if absent, when inactive)."""
     if not tq.active:
@@ -102,6 +139,9 @@ def to_export_mode(model: nn.Module) -> nn.Module:
                 # codes at export) then recovers exactly vitq's codes, clamping included.
                 m.weight.data = wq.quantizer(m.weight.detach())
                 wq.weight_codes_exact = True
+    for name, m in list(model.named_modules()):
+        if PatchLinear.applies_to(m):
+            model.set_submodule(name, PatchLinear(m))
     for name, m in list(model.named_modules()):
         if isinstance(m, TensorQuantizer):
             parent, _, attr = name.rpartition(".")

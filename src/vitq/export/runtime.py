@@ -68,6 +68,9 @@ class _OrtRunner:
 
 
 class _OpenVinoRunner:
+    """A compiled OpenVINO model; f32 precision for the float parts (the CPU plugin's default on a
+    bf16-capable CPU would be bf16, which is less faithful to the simulation)."""
+
     def __init__(self, path, threads=None, precision: str = "f32"):
         import openvino as ov
 

@@ -33,45 +33,60 @@ def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", options: dict | 
     }
 
 
-def as_batches(calib) -> list[dict]:
-    """Calibration data as a list of model-input dicts (``pixel_values`` and/or ``input_ids``...)."""
+def _as_input_dict(b) -> dict:
+    if isinstance(b, torch.Tensor):
+        return {"pixel_values": b}
+    if isinstance(b, (tuple, list)) and b and isinstance(b[0], torch.Tensor):
+        return {"pixel_values": b[0]}  # (images, labels) from a DataLoader
+    if isinstance(b, dict):
+        return b
+    raise ConfigError(f"cannot use a {type(b).__name__} as a calibration batch", hint="pass tensors of pixel values or dicts of model inputs")
+
+
+class _Batches:
+    """Calibration data as a re-iterable stream of model-input dicts (never all held at once)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __iter__(self):
+        return (_as_input_dict(b) for b in self.source)
+
+    def __len__(self):
+        return len(self.source) if hasattr(self.source, "__len__") else 0
+
+
+def as_batches(calib) -> _Batches:
+    """Calibration data (tensors, dicts, DataLoader batches or a lazy iterable of them) as batches."""
     if calib is None:
-        return []
+        return _Batches([])
     if isinstance(calib, (torch.Tensor, dict)):
         calib = [calib]
-    out = []
-    for b in calib:
-        if isinstance(b, torch.Tensor):
-            b = {"pixel_values": b}
-        elif isinstance(b, (tuple, list)) and b and isinstance(b[0], torch.Tensor):
-            b = {"pixel_values": b[0]}  # (images, labels) from a DataLoader
-        elif not isinstance(b, dict):
-            raise ConfigError(f"cannot use a {type(b).__name__} as a calibration batch", hint="pass tensors of pixel values or dicts of model inputs")
-        out.append(b)
-    return out
+    return _Batches(calib)
 
 
 @torch.no_grad()
-def run_batches(model: nn.Module, batches: list[dict], components, desc: str = "calibrating", progress: bool = True) -> None:
+def run_batches(model: nn.Module, batches, components, desc: str = "calibrating", progress: bool = True) -> None:
     """Forward each batch through the selected components (image: pixel_values; text: input_ids)."""
     family = family_of(model)
-    have_image = any("pixel_values" in b for b in batches)
-    have_text = any("input_ids" in b for b in batches)
-    if "image" in components and not have_image:
+    seen = set()
+    for b in tqdm(batches, desc=desc, disable=not progress, leave=False, total=len(batches) or None):
+        if "image" in components and "pixel_values" in b:
+            family.encode_image(model, b["pixel_values"])
+            seen.add("image")
+        if "text" in components and "input_ids" in b:
+            family.encode_text(model, b["input_ids"], b.get("attention_mask"))
+            seen.add("text")
+    if "image" in components and "image" not in seen:
         raise ConfigError("the image component is selected but the calibration data has no images", hint="pass calibration images (--calib DIR)")
-    if "text" in components and not have_text:
+    if "text" in components and "text" not in seen:
         raise ConfigError(
             "the text component is selected but the calibration data has no text",
             hint="calibrate from a folder of class subfolders (class names become prompts) or select --components image",
         )
-    for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        if "image" in components and "pixel_values" in b:
-            family.encode_image(model, b["pixel_values"])
-        if "text" in components and "input_ids" in b:
-            family.encode_text(model, b["input_ids"], b.get("attention_mask"))
 
 
-def calibrate(model: nn.Module, batches: list[dict], components, progress: bool = True) -> None:
+def calibrate(model: nn.Module, batches, components, progress: bool = True) -> None:
     """Observe weights and activations, fix every scale, and switch to quantized mode."""
     model.eval()
     set_mode(model, "calib")

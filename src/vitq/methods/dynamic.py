@@ -83,3 +83,6 @@ def dynamic_int8(model, calib, cfg: QuantConfig, progress: bool = True):
         "dynamic": {"backend": "torchao Int8DynamicActivationInt8Weight (per-row)", "layers": sorted(names), "count": count},
     }
     return model, summary
+
+
+dynamic_int8.needs_calibration = False
