@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import os
 import statistics
 import tempfile
 import time
@@ -25,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 RUNTIMES = (
     "torch-fp32", "torch-bf16", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-int8",
-    "openvino-fp32", "openvino-bf16", "openvino-nncf-int8", "vitq-w8a8", "vitq-w8a8-ort",
+    "openvino-fp32", "openvino-bf16", "openvino-nncf-int8", "vitq-w8a8", "vitq-w8a8-ort", "vitq-w8a8-symattn",
 )
 # vitq's export runs on OpenVINO when it is installed: on this project's AVX-512 VNNI CPU it ran the
-# same QDQ graph 1.5-2x faster than ONNX Runtime (see docs/deployment.md); vitq-w8a8-ort is the other.
+# same QDQ graph 1.3-2x faster than ONNX Runtime (see docs/deployment.md); vitq-w8a8-ort is the other.
 VITQ_RUNTIME_ORDER = ("openvino", "onnxruntime")
 MODELS = ("clip-vit-b32", "clip-vit-b16", "clip-tiny", "tiny-clip")
 TOWERS = ("image", "text")
@@ -271,9 +269,10 @@ def build_openvino_nncf_int8(case):
         f"nncf.quantize(TRANSFORMER preset), {case.calib_batches} random calibration samples"
 
 
-def vitq_export(case: Case, bits: str = "W8A8") -> Path:
+def vitq_export(case: Case, bits: str = "W8A8", options: dict | None = None) -> Path:
     """vitq's own W8A8 (minmax) model of the tower, exported once per case."""
-    key = ("vitq", bits)
+    options = dict(options or {})
+    key = ("vitq", bits, tuple(sorted(options.items())))
     if key not in case.cache:
         import vitq
 
@@ -282,8 +281,9 @@ def vitq_export(case: Case, bits: str = "W8A8") -> Path:
 
         names = SIGNATURES[case.tower][0]
         calib = [dict(zip(names, case.inputs(4, seed=200 + i))) for i in range(2)]
-        q = vitq.quantize(case.model, vitq.QuantConfig(method="minmax", bits=bits, components=(case.tower,)), calib=calib, progress=False)
-        folder = export_onnx(q, case.workdir / f"vitq_{bits}", towers=[case.tower])
+        cfg = vitq.QuantConfig(method="minmax", bits=bits, components=(case.tower,), options=options)
+        q = vitq.quantize(case.model, cfg, calib=calib, progress=False)
+        folder = export_onnx(q, case.workdir / f"vitq_{bits}_{len(case.cache)}", towers=[case.tower])
         case.cache[key] = folder / f"{case.tower}.onnx"
     return case.cache[key]
 
@@ -301,6 +301,14 @@ def build_vitq_w8a8(case):
         return build_vitq_w8a8_ort(case)
     path = vitq_export(case)
     return _ov_runner(str(path), case, "f32"), _file_bytes(path), "vitq minmax W8A8 QDQ export on OpenVINO"
+
+
+def build_vitq_w8a8_symattn(case):
+    """The same, with signed (Z = 0) q, k, v quantizers: OpenVINO then runs attention in int8."""
+    _need("openvino", "openvino")
+    path = vitq_export(case, options={"symmetric_attention": True})
+    return _ov_runner(str(path), case, "f32"), _file_bytes(path), \
+        "vitq minmax W8A8, option symmetric_attention (signed q/k/v), on OpenVINO"
 
 
 def build_vitq_w8a8_ort(case):

@@ -10,7 +10,6 @@ float ops (log2, round, pow), so the runtime computes the same values without in
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
@@ -147,14 +146,3 @@ def to_export_mode(model: nn.Module) -> nn.Module:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, export_point(m))
     return model
-
-
-@contextlib.contextmanager
-def no_grad_eval(model: nn.Module):
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was)

@@ -21,15 +21,17 @@ def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", options: dict | 
     weight_observer = "omse" if observer == "omse" else "minmax"  # EMA/percentile of one weight tensor = min/max
     act = dict(bits=cfg.a_bits, symmetric=False, axis=None, observer=observer, observer_options=opts)
     attn = dict(act, bits=cfg.attn_bits)
+    # Option symmetric_attention: signed q, k, v (Z = 0), which lets OpenVINO run attention in int8.
+    qkv = dict(attn, symmetric=True) if opts.get("symmetric_attention") else attn
     return {
         "weight": dict(bits=cfg.w_bits, symmetric=True, axis=0, observer=weight_observer, observer_options=opts),
         "input": act,
         "post_ln": act,
         "post_gelu": act,
-        "attn_q": attn,
-        "attn_k": attn,
+        "attn_q": qkv,
+        "attn_k": qkv,
         "softmax": attn,
-        "attn_v": attn,
+        "attn_v": qkv,
     }
 
 

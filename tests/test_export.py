@@ -1,0 +1,272 @@
+"""QDQ ONNX export: vitq's exact scales in the graph, int8 weights, float LayerNorm/Softmax, and
+agreement of ONNX Runtime with the simulated (fake-quant) model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import needs_data, sample_inputs
+
+import vitq
+from vitq.errors import ConfigError, ModelError
+from vitq.nn import quantizers
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import numpy_helper  # noqa: E402
+
+from vitq.export import export_onnx, load_exported  # noqa: E402
+from vitq.export.runtime import ExportedModel  # noqa: E402
+from vitq.export.towers import tower_module  # noqa: E402
+
+
+def _quantize(model, bits="W8A8", method="minmax", calib=None):
+    calib = calib if calib is not None else [sample_inputs(seed=5, batch=4)]
+    return vitq.quantize(model, vitq.QuantConfig(method=method, bits=bits), calib=calib, progress=False)
+
+
+def _cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=-1)
+
+
+def _simulated(q, tower, *args):
+    with torch.no_grad():
+        return tower_module(q, tower)(*args)
+
+
+@pytest.fixture(scope="module")
+def clip_w8a8(models, tmp_path_factory):
+    q = _quantize(models["CLIPModel"])
+    out = export_onnx(q, tmp_path_factory.mktemp("clip") / "onnx")
+    return q, out
+
+
+def _constants(graph) -> dict:
+    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return out
+
+
+def _qdq_params(graph, op_type: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    consts = _constants(graph)
+    return [(consts[n.input[1]], consts[n.input[2]]) for n in graph.node if n.op_type == op_type]
+
+
+def _key(scale, zp):
+    return (tuple(np.asarray(scale, np.float32).reshape(-1).tolist()), tuple(np.asarray(zp).reshape(-1).astype(int).tolist()))
+
+
+def test_graph_has_vitq_scales_int8_weights_and_float_norms(clip_w8a8):
+    q, out = clip_w8a8
+    for tower, prefix in (("image", ("vision_model.", "visual_projection")), ("text", ("text_model.", "text_projection"))):
+        graph = onnx.load(str(out / f"{tower}.onnx")).graph
+        ops = {n.op_type for n in graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "LayerNormalization", "Softmax"} <= ops
+        assert not {"QLinearMatMul", "MatMulInteger"} & ops  # plain QDQ: the runtime chooses its kernels
+        points = [(n, p) for n, p in quantizers(q) if n.startswith(prefix) and p.active]
+        weights = [p for n, p in points if p.role == "weight"]
+        acts = [p for n, p in points if p.role != "weight"]
+        # Activations: every Q node carries one of vitq's (scale, zero-point) pairs, exactly, and each point appears.
+        expected = {_key(p.quantizer.scale.detach(), p.quantizer.zero_point) for p in acts}
+        found = {_key(s, z) for s, z in _qdq_params(graph, "QuantizeLinear")}
+        assert found == expected
+        # Weights: int8 initializers feeding DequantizeLinear with vitq's per-channel scales.
+        consts = _constants(graph)
+        int8_weights = [consts[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear"
+                        and n.input[0] in consts and consts[n.input[0]].dtype == np.int8 and consts[n.input[0]].ndim >= 2]
+        assert len(int8_weights) == len(weights)
+        weight_scales = {_key(s, z) for s, z in _qdq_params(graph, "DequantizeLinear")}
+        assert {_key(p.quantizer.scale.detach(), p.quantizer.zero_point) for p in weights} <= weight_scales
+        float_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) > 16]
+        names = [t.name for t in float_weights]
+        assert all("embedding" in n or "position" in n for n in names), names  # only embedding tables stay float
+
+
+def test_onnxruntime_agrees_with_simulation(clip_w8a8):
+    q, out = clip_w8a8
+    exported = ExportedModel(out)
+    for seed, batch in ((1, 3), (2, 5)):  # dynamic batch
+        x = sample_inputs(seed=seed, batch=batch)
+        assert _cosine(exported.encode_image(x["pixel_values"]), _simulated(q, "image", x["pixel_values"])).min() >= 0.999
+        ref = _simulated(q, "text", x["input_ids"], x["attention_mask"])
+        assert _cosine(exported.encode_text(x["input_ids"], x["attention_mask"]), ref).min() >= 0.999
+    ids = torch.randint(3, 120, (2, 13))  # another sequence length
+    ids[:, -1] = 2
+    mask = torch.ones_like(ids)
+    assert _cosine(exported.encode_text(ids, mask), _simulated(q, "text", ids, mask)).min() >= 0.999
+
+
+def test_weights_are_one_byte_each(clip_w8a8):
+    q, out = clip_w8a8
+    quantized = sum(m.weight.numel() for n, m in q.named_modules()
+                    if n.startswith(("vision_model.", "visual_projection")) and getattr(m, "weight_quantizer", None) is not None)
+    graph = onnx.load(str(out / "image.onnx")).graph
+    int8 = sum(np.prod(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2)
+    assert int8 == quantized  # every quantized weight is stored once, as int8 codes
+
+
+@needs_data("cifar10")
+def test_classifier_top1_agrees_on_real_images(models, tmp_path):
+    from vitq.data import ImageFolder, ResizeCropNormalize, data_root
+
+    tf = ResizeCropNormalize(size=32)
+    images = ImageFolder(data_root() / "cifar10" / "test", transform=tf, limit=200)
+    x = torch.stack([images[i][0] for i in range(len(images))])
+    calib, test = x[:32], x[32:]
+    q = _quantize(models["ViTForImageClassification"], calib=[calib])
+    out = export_onnx(q, tmp_path / "onnx")
+    got = ExportedModel(out).encode_image(test)
+    ref = _simulated(q, "image", test)
+    assert len(test) >= 100
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.99
+    assert _cosine(got, ref).min() >= 0.999
+
+
+def test_w4a4_exports_unpacked_to_int8(models, tmp_path):
+    q = _quantize(models["CLIPModel"], bits="W4A4")
+    out = export_onnx(q, tmp_path / "onnx", towers=["image"])
+    graph = onnx.load(str(out / "image.onnx")).graph
+    consts = _constants(graph)
+    codes = [consts[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and consts.get(n.input[0], np.zeros(0)).dtype == np.int8]
+    assert codes and all(c.min() >= -8 and c.max() <= 7 for c in codes)  # 4-bit codes in int8 storage
+    x = sample_inputs(seed=3, batch=4)["pixel_values"]
+    got = ExportedModel(out).encode_image(x)
+    assert _cosine(got, _simulated(q, "image", x)).min() >= 0.999
+    from vitq.export.sizes import size_report
+
+    vitq.save(q, tmp_path / "m")
+    sizes = size_report(q, tmp_path / "m", out)
+    packed = sizes["quantized_weight_params"] // 2  # two 4-bit codes per byte in the saved folder
+    assert sizes["theoretical_bytes"] == packed + 4 * sizes["float_params"]
+    assert sizes["safetensors_bytes"] >= sizes["theoretical_bytes"] and sizes["onnx_bytes"] > 0
+
+
+def test_log_softmax_quantizer_exports_as_float_ops(models, tmp_path):
+    q = _quantize(models["ViTForImageClassification"], method="repq-vit", calib=[sample_inputs(seed=5, batch=8)["pixel_values"]])
+    assert any(p.kind != "uniform" for _, p in quantizers(q))
+    out = export_onnx(q, tmp_path / "onnx")
+    x = sample_inputs(seed=3, batch=4)["pixel_values"]
+    assert _cosine(ExportedModel(out).encode_image(x), _simulated(q, "image", x)).min() >= 0.99
+
+
+def test_load_with_runtime_gives_encode_interface(models, tmp_path):
+    q = _quantize(models["CLIPModel"])
+    vitq.save(q, tmp_path / "m")
+    m = vitq.load(tmp_path / "m", runtime="onnxruntime")
+    assert (tmp_path / "m" / "onnx" / "export.json").is_file()  # exported on first use, beside the safetensors
+    vitq.load(tmp_path / "m")  # the saved folder still verifies against its manifest
+    x = sample_inputs(seed=4)
+    img = m.get_image_features(pixel_values=x["pixel_values"]).pooler_output
+    txt = m.get_text_features(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).pooler_output
+    assert torch.equal(img, m.encode_image(x["pixel_values"])) and img.shape == (3, 16) and txt.shape == (3, 16)
+    assert _cosine(txt, _simulated(q, "text", x["input_ids"], x["attention_mask"])).min() >= 0.999
+    assert m.config.projection_dim == 16
+    with pytest.raises(ConfigError, match="unknown runtime"):
+        vitq.load(tmp_path / "m", runtime="tensorrt")
+
+
+def test_classifier_interface_returns_logits(models, tmp_path):
+    q = _quantize(models["ViTForImageClassification"], calib=[sample_inputs()["pixel_values"]])
+    vitq.save(q, tmp_path / "m")
+    m = load_exported(tmp_path / "m")
+    x = sample_inputs(seed=4)["pixel_values"]
+    logits = m(pixel_values=x).logits
+    assert logits.shape == (3, 5) and not hasattr(m, "get_image_features")
+    from vitq.models.families import family_of
+
+    assert torch.equal(family_of(q).encode_image(m, x), logits)
+
+
+def test_openvino_runtime_agrees(clip_w8a8):
+    pytest.importorskip("openvino")
+    q, out = clip_w8a8
+    x = sample_inputs(seed=6)
+    got = ExportedModel(out, runtime="openvino").encode_image(x["pixel_values"])
+    assert _cosine(got, _simulated(q, "image", x["pixel_values"])).min() >= 0.999
+
+
+def test_unquantized_model_is_refused(models, tmp_path):
+    with pytest.raises(ModelError, match="not quantized"):
+        export_onnx(models["ViTModel"], tmp_path / "x")
+
+
+def test_cli_export_and_errors(models, tmp_path, capsys):
+    from vitq.cli import main
+
+    q = _quantize(models["CLIPModel"])
+    vitq.save(q, tmp_path / "m")
+    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "image:" in printed and "text:" in printed and "cosine vs simulation" in printed and "size: theoretical" in printed
+    assert {"image.onnx", "text.onnx", "export.json", "config.json"} <= {p.name for p in (tmp_path / "e").iterdir()}
+
+    assert main(["export", "--model", str(tmp_path / "m"), "--format", "tflite"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown export format 'tflite'" in err and "onnx" in err and "Traceback" not in err
+    (tmp_path / "plain").mkdir()
+    assert main(["export", "--model", str(tmp_path / "plain")]) == 2
+    err = capsys.readouterr().err
+    assert "not a vitq quantized-model folder" in err and "vitq quantize" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("cls", ["VisionTextDualEncoderModel"])
+def test_other_families_export_and_agree(models, tmp_path, cls):
+    q = _quantize(models[cls])
+    m = ExportedModel(export_onnx(q, tmp_path / "onnx"))
+    x = sample_inputs(seed=2)
+    for tower in m.towers:
+        args = (x["pixel_values"],) if tower == "image" else (x["input_ids"], x["attention_mask"])
+        got = m.encode_image(*args) if tower == "image" else m.encode_text(*args)
+        assert _cosine(got, _simulated(q, tower, *args)).min() >= 0.999
+
+
+def test_symmetric_attention_exports_signed_qkv(models, tmp_path):
+    cfg = vitq.QuantConfig(method="minmax", bits="W8A8", options={"symmetric_attention": True})
+    q = vitq.quantize(models["CLIPModel"], cfg, calib=[sample_inputs(seed=5, batch=4)], progress=False)
+    out = export_onnx(q, tmp_path / "onnx", towers=["image"])
+    graph = onnx.load(str(out / "image.onnx")).graph
+    zps = [z for s, z in _qdq_params(graph, "QuantizeLinear")]
+    qkv = [p for n, p in quantizers(q) if n.startswith("vision_model.") and p.role in ("attn_q", "attn_k", "attn_v")]
+    assert sum(z.dtype == np.int8 for z in zps) == len(qkv) and all(p.quantizer.symmetric for p in qkv)
+    x = sample_inputs(seed=3, batch=4)["pixel_values"]
+    assert _cosine(ExportedModel(out).encode_image(x), _simulated(q, "image", x)).min() >= 0.999
+
+
+def _zoo_clip():
+    from vitq import zoo
+
+    try:
+        zoo.path("clip-tiny")
+    except ModelError:
+        return None
+    return zoo.load("clip-tiny")
+
+
+@needs_data("cifar10")
+def test_zoo_clip_export_agrees_on_real_images(tmp_path):
+    model = _zoo_clip()
+    if model is None:
+        pytest.skip("zoo:clip-tiny has no weights yet")
+    from vitq import zoo
+    from vitq.data import ImageFolder, data_root, image_transform
+
+    images = ImageFolder(data_root() / "cifar10" / "test", transform=image_transform(model), limit=80)
+    x = torch.stack([images[i][0] for i in range(len(images))])
+    tok = zoo.tokenizer("clip-tiny")([f"a photo of a {c.name}" for c in images.classes], padding=True, return_tensors="pt")
+    calib = [{"pixel_values": x[:32], "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}]
+    q = _quantize(model, calib=calib)
+    m = ExportedModel(export_onnx(q, tmp_path / "onnx"))
+    img, ref = m.encode_image(x[32:]), _simulated(q, "image", x[32:])
+    txt, ref_txt = m.encode_text(tok["input_ids"], tok["attention_mask"]), _simulated(q, "text", tok["input_ids"], tok["attention_mask"])
+    # The runtime's float ops (LayerNorm, GELU, accumulation order) can move a value across a rounding
+    # boundary of a coarse activation quantizer (MiniLM has large outliers), so one embedding may
+    # differ a little more; on average they agree to 0.999.
+    for got, want in ((img, ref), (txt, ref_txt)):
+        cos = _cosine(got, want)
+        assert cos.mean() >= 0.999 and cos.min() >= 0.99
+    # zero-shot predictions of the exported model agree with the simulation's
+    norm = lambda t: t / t.norm(dim=-1, keepdim=True)  # noqa: E731
+    assert ((norm(img) @ norm(txt).T).argmax(-1) == (norm(ref) @ norm(ref_txt).T).argmax(-1)).float().mean() >= 0.99
