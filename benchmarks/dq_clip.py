@@ -83,7 +83,7 @@ def full_size_rows(args) -> list[dict]:
                    "size_params_mb": round(model_size(q)["bytes"] / 2**20, 1)}
             if comp in ("none", "image"):
                 row["ms_eager"] = round(image_latency(q, 224, args, args.full_batch), 1)
-                if args.compile:
+                if args.full_compile:
                     row["ms_compiled"] = round(image_latency(q, 224, args, args.full_batch, compile_it=True), 1)
             rows.append(row)
     return rows
@@ -96,6 +96,7 @@ def main() -> None:
     p.add_argument("--full-batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile timings")
+    p.add_argument("--full-compile", action="store_true", help="also time torch.compile on the full-size configs (slow to compile)")
     args = p.parse_args()
     model = common.setup(args)
     table1, table2 = reference_tables(model, args)

@@ -36,6 +36,10 @@ def path(name: str) -> Path:
     if name not in _MODELS:
         raise ModelError(f"unknown zoo model {name!r}", hint=f"known models: {', '.join(available())}")
     folder = WEIGHTS / name
+    from .packaging import BASE, materialize
+
+    if (folder / BASE).is_file():
+        return materialize(name, folder)
     if not (folder / "config.json").is_file():
         raise ModelError(
             f"zoo model {name!r} has no weights at {folder}",

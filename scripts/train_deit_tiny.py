@@ -1,0 +1,107 @@
+"""Train ``deit-tiny``: a small ViTForImageClassification on Tiny ImageNet (40k train images, 64 px).
+
+    python scripts/train_deit_tiny.py --epochs 10 [--resume]
+
+Writes epoch checkpoints to runs/deit-tiny/ and, unless --no-export, the fp16 HF folder
+src/vitq/zoo/weights/deit-tiny/ with training.json (recipe, data, wall time, metrics).
+The shipped deit-tiny was trained jointly with clip-tiny by train_clip_tiny.py (one shared ViT
+body, half the CPU cost); this script is the stand-alone recipe with the same helpers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+import zoo_training as zt
+from vitq.data import ImageFolder
+
+
+def build(args, classes) -> torch.nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=zt.IMAGE_SIZE,
+        patch_size=args.patch,
+        hidden_size=args.width,
+        num_hidden_layers=args.depth,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.width,
+        hidden_act="gelu",
+        num_labels=len(classes),
+        id2label={i: c.name for i, c in enumerate(classes)},
+        label2id={c.name: i for i, c in enumerate(classes)},
+    )
+    config._attn_implementation = "eager"  # faster than SDPA on this CPU for training
+    return ViTForImageClassification(config)
+
+
+def parse():
+    p = zt.common_args(__doc__.splitlines()[0], "deit-tiny")
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--patch", type=int, default=8)
+    return p.parse_args()
+
+
+@torch.no_grad()
+def full_eval(model, processor, limit: int | None = None) -> dict:
+    """Top-1/top-5 on the 10,000 Tiny ImageNet val images through the shipped processor."""
+    ds = ImageFolder(zt.tiny_imagenet_val(), limit=limit, seed=0)
+    logits, labels = [], []
+    for pixels, y in zt.processor_images(ds, processor):
+        logits.append(model(pixel_values=pixels).logits.float())
+        labels.append(y)
+    return {"tiny_imagenet_val": {**zt.topk(torch.cat(logits), torch.cat(labels)), "images": len(ds)}}
+
+
+def main():
+    args = parse()
+    zt.setup(args)
+    t0 = time.time()
+    train = ImageFolder(zt.tiny_imagenet_train(), limit=args.limit, seed=args.seed)
+    images, labels = zt.decode_uint8(train, desc="decode train")
+    val = ImageFolder(zt.tiny_imagenet_val(), limit=1000, seed=0)
+    val_images, val_labels = zt.decode_uint8(val, desc="decode val")
+    model = build(args, train.classes)
+    optimizer = torch.optim.AdamW(
+        zt.param_groups(list(model.named_parameters()), args.lr, args.weight_decay), lr=args.lr, fused=True
+    )
+
+    def loss_fn(x, y, g):
+        low_res = x.shape[-1] != zt.IMAGE_SIZE  # the position table is resized to the patch grid
+        return F.cross_entropy(model(pixel_values=x, interpolate_pos_encoding=low_res).logits.float(), y, label_smoothing=args.label_smoothing)
+
+    def quick_eval():
+        logits = zt.batched(lambda x: model(pixel_values=x).logits, val_images)
+        return {"val1000_" + k: v for k, v in zt.topk(logits, val_labels).items()}
+
+    aug = zt.AugConfig(lowres_p=args.lowres_p)
+    state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug)
+    finish(args, model, state, aug, time.time() - t0, len(train))
+
+
+def finish(args, model, state, aug, wall, n_train) -> None:
+    processor = zt.image_processor()
+    report = zt.run_report(args, state, aug, wall, n_train, "deit-tiny", model, eval="tiny-imagenet-200/val")
+    report["metrics_fp32"] = full_eval(model, processor, args.eval_limit)
+    model.save_pretrained(args.run_dir / "final")
+    print("fp32", report["metrics_fp32"], flush=True)
+    if not args.no_export:
+        from transformers import ViTForImageClassification
+
+        zt.save_fp16(model, args.out)
+        processor.save_pretrained(args.out)
+        reloaded = ViTForImageClassification.from_pretrained(args.out, dtype=torch.float32).eval()
+        report["metrics_fp16_package"] = full_eval(reloaded, processor, args.eval_limit)
+        report["package_megabytes"] = zt.folder_megabytes(args.out)
+        print("fp16", report["metrics_fp16_package"], flush=True)
+        zt.write_json(args.out / "training.json", report)
+    zt.write_json(args.run_dir / "training.json", report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The packaged reference models: they load offline, match their checksums, and work on real data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitq.zoo
+from vitq.data import ImageFolder, data_path, has_data
+from vitq.errors import ModelError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Fingerprints of the shipped weights: parameter count, and outputs on a seeded random input
+# (sum over the output and a few entries). Regenerate with `python tests/test_zoo.py` after retraining.
+CHECKSUMS = {
+    "deit-tiny": {"params": 2757896, "sum": -63.0407, "values": [2.0702, 0.8885, 1.9886, 0.9996, 1.8957, 1.2077]},
+    "clip-tiny": {
+        "params": 25617025,
+        "image_sum": -53.4458,
+        "image_values": [-1.5472, -0.9179, 0.9436, -2.0368, -0.8292, 0.2546],
+        "text_sum": -86.1827,
+        "text_values": [-2.8257, -0.8334, 1.0469, -1.3094, -1.0732, 2.6893],
+    },
+}
+PROMPTS = ["a photo of a goldfish.", "a photo of a school bus."]
+EVAL_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                  "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+needs_data = pytest.mark.skipif(not has_data("tiny-imagenet-200"), reason="Tiny ImageNet not found (set VITQ_DATA)")
+
+
+def seeded_pixels() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def fingerprint(name: str) -> dict:
+    model = vitq.zoo.load(name)
+    params = sum(p.numel() for p in model.parameters())
+    if name == "deit-tiny":
+        out = model(pixel_values=seeded_pixels()).logits
+        return {"params": params, "sum": round(out.sum().item(), 4), "values": [round(v, 4) for v in out[:, :3].flatten().tolist()]}
+    img = model.get_image_features(pixel_values=seeded_pixels()).pooler_output
+    tok = vitq.zoo.tokenizer(name)(PROMPTS, padding=True, return_tensors="pt")
+    txt = model.get_text_features(**tok).pooler_output
+    return {
+        "params": params,
+        "image_sum": round(img.sum().item(), 4),
+        "image_values": [round(v, 4) for v in img[:, :3].flatten().tolist()],
+        "text_sum": round(txt.sum().item(), 4),
+        "text_values": [round(v, 4) for v in txt[:, :3].flatten().tolist()],
+    }
+
+
+def test_available_and_paths():
+    assert vitq.zoo.available() == ["clip-tiny", "deit-tiny"]
+    for name in vitq.zoo.available():
+        folder = vitq.zoo.path(name)
+        assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+        assert (folder / "preprocessor_config.json").is_file()
+        # fp16 on disk, but a plain from_pretrained(folder) must give float32 like vitq.zoo.load
+        assert json.loads((folder / "config.json").read_text())["dtype"] == "float32"
+        assert sum(f.stat().st_size for f in folder.iterdir()) < 80e6
+
+
+def test_unknown_name_lists_known_models():
+    with pytest.raises(ModelError, match="clip-tiny, deit-tiny"):
+        vitq.zoo.path("vit-huge")
+    with pytest.raises(ModelError):
+        vitq.zoo.load("nope")
+    with pytest.raises(ModelError, match="no text tower"):
+        vitq.zoo.tokenizer("deit-tiny")
+
+
+def test_processor_matches_training_input():
+    proc = vitq.zoo.processor("deit-tiny")
+    assert proc.size["height"] == proc.size["width"] == 64
+    assert proc.image_mean == pytest.approx([0.485, 0.456, 0.406])
+
+
+@pytest.mark.parametrize("name", ["deit-tiny", "clip-tiny"])
+def test_loads_float32_eval_and_matches_checksum(name):
+    model = vitq.zoo.load(name)
+    assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    got, want = fingerprint(name), CHECKSUMS[name]
+    assert got["params"] == want["params"]
+    for key, value in want.items():
+        if key == "params":
+            continue
+        if isinstance(value, list):
+            assert got[key] == pytest.approx(value, abs=2e-3), key
+        else:
+            assert got[key] == pytest.approx(value, abs=5e-2, rel=1e-3), key
+
+
+def val_subset(limit: int = 200):
+    return ImageFolder(data_path("tiny-imagenet-200", "val"), limit=limit, seed=0)
+
+
+def pixels_and_labels(name: str, ds):
+    proc = vitq.zoo.processor(name)
+    items = [ds[i] for i in range(len(ds))]
+    pixels = proc(images=[im for im, _ in items], return_tensors="pt")["pixel_values"]
+    return pixels, torch.tensor([y for _, y in items])
+
+
+@needs_data
+@torch.no_grad()
+def test_deit_tiny_top1_on_real_images():
+    ds = val_subset()
+    pixels, labels = pixels_and_labels("deit-tiny", ds)
+    model = vitq.zoo.load("deit-tiny")
+    top1 = (model(pixel_values=pixels).logits.argmax(-1) == labels).float().mean().item()
+    assert top1 > 0.10, f"deit-tiny top-1 {top1:.1%} on 200 val images (chance 0.5%)"
+
+
+@needs_data
+@torch.no_grad()
+def test_clip_tiny_zero_shot_on_real_images():
+    """Zero-shot through the standard HF methods only, as any user's code would do it."""
+    ds = val_subset()
+    pixels, labels = pixels_and_labels("clip-tiny", ds)
+    model, tok = vitq.zoo.load("clip-tiny"), vitq.zoo.tokenizer("clip-tiny")
+    text = 0
+    for template in EVAL_TEMPLATES:
+        inputs = tok([template.format(n) for n in ds.class_names], padding=True, return_tensors="pt")
+        text = text + F.normalize(model.get_text_features(**inputs).pooler_output, dim=-1)
+    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    top1 = ((image @ F.normalize(text, dim=-1).T).argmax(-1) == labels).float().mean().item()
+    assert top1 > 0.08, f"clip-tiny zero-shot top-1 {top1:.1%} on 200 val images (chance 0.5%)"
+
+
+if __name__ == "__main__":  # print fresh checksums to paste above
+    for model_name in vitq.zoo.available():
+        print(f'"{model_name}": {fingerprint(model_name)},')
