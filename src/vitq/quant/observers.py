@@ -150,6 +150,7 @@ class SearchObserver(Observer):
         """Yield (lo, hi) candidate ranges, one value per channel each."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def _compute(self, quantizer):
         if quantizer is None:
             raise ValueError(f"the {self.name} observer needs the quantizer whose error it minimises")
