@@ -28,17 +28,10 @@ import torch.nn.functional as F
 
 import zoo_training as zt
 from vitq.data import ImageFolder
+from vitq.eval.templates import ENSEMBLE7
 
-# Zero-shot evaluation templates (the 7-template ensemble of CLIP's ImageNet notebook).
-EVAL_TEMPLATES = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
+# Zero-shot evaluation templates: the 7-template ensemble of CLIP's ImageNet notebook.
+EVAL_TEMPLATES = ENSEMBLE7
 # Training captions: CLIP-style templates, none of them an evaluation template.
 TRAIN_TEMPLATES = (
     "a photo of a {}.",
