@@ -53,3 +53,14 @@ def to_json(obj: Any) -> str:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     return atomic_write_text(path, to_json(obj))
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in chunks (saved-model manifests, zoo packages)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -15,7 +15,6 @@ half-written folder nor damages the previous one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .io_utils import file_sha256
 from .errors import ConfigError, IntegrityError, ModelError
 from .nn import QuantConv2d, QuantLinear, quant_state, quantizers
 from .nn.structure import describe_structure, rebuild_structure
@@ -56,14 +56,6 @@ def _packed_weights(model: nn.Module) -> dict[str, dict]:
 def _source_folder(model: nn.Module) -> Path | None:
     src = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     return Path(src) if src and Path(src).is_dir() else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -134,7 +126,7 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
         for f in _SIDE_FILES:
             if (src / f).is_file():
                 shutil.copy2(src / f, folder / f)
-    manifest = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
     _write_json(folder / "manifest.json", {"sha256": manifest})
 
 
@@ -166,7 +158,7 @@ def verify_folder(folder: str | Path) -> dict:
         path = folder / name
         if not path.is_file():
             raise IntegrityError(f"{path} is missing", hint="the saved folder is incomplete; save the model again")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise IntegrityError(f"{path} was changed after saving (checksum mismatch)", hint="restore the file or save the model again")
     return json.loads((folder / "vitq_config.json").read_text())
 

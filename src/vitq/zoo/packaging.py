@@ -8,7 +8,6 @@ changed keeps the package under 25 MB instead of 52 MB.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io_utils import file_sha256
 from ..errors import ModelError
 
 DELTA = "delta.safetensors"
@@ -37,14 +37,6 @@ def _base_tensors(base: dict) -> dict[str, torch.Tensor]:
     return load_file(str(Path(package.get_model_path()) / "model.safetensors"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def split_against_base(folder: Path, package: str, prefix: str) -> dict:
     """Replace ``folder/model.safetensors`` by a delta and a manifest of the base tensors it reuses."""
     full = load_file(str(folder / "model.safetensors"))
@@ -56,7 +48,7 @@ def split_against_base(folder: Path, package: str, prefix: str) -> dict:
         if inner in source and source[inner].shape == value.shape and torch.equal(source[inner].to(value.dtype), value):
             reused.append(key)
     base.update(reused=sorted(reused), dtype=str(next(iter(full.values())).dtype).replace("torch.", ""),
-                model_sha256=_sha256(folder / "model.safetensors"))
+                model_sha256=file_sha256(folder / "model.safetensors"))
     save_file({k: v for k, v in full.items() if k not in set(reused)}, str(folder / DELTA))
     (folder / BASE).write_text(json.dumps(base, indent=2) + "\n")
     (folder / "model.safetensors").unlink()
@@ -83,7 +75,7 @@ def materialize(name: str, folder: Path) -> Path:
     tmp.mkdir(parents=True)
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if _sha256(tmp / "model.safetensors") != base["model_sha256"]:
+        if file_sha256(tmp / "model.safetensors") != base["model_sha256"]:
             raise ModelError(
                 f"rebuilding zoo model {name!r} from {base['package']} did not reproduce the trained weights",
                 hint=f"reinstall the {base['package']} package the model was trained with",
