@@ -200,7 +200,7 @@ def main():
     def quick_eval():
         return quick_metrics(model, tokenizer, quick)
 
-    aug = zt.AugConfig(lowres_p=args.lowres_p)
+    aug = zt.aug_config(args)
     state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug, frozen=(model.clip.text_model,))
     finish(args, model, tokenizer, train.classes, state, aug, time.time() - t0, len(train))
 

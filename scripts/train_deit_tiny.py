@@ -72,7 +72,7 @@ def main():
         logits = zt.batched(lambda x: model(pixel_values=x).logits, val_images)
         return {"val1000_" + k: v for k, v in zt.topk(logits, val_labels).items()}
 
-    aug = zt.AugConfig(lowres_p=args.lowres_p)
+    aug = zt.aug_config(args)
     state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug)
     finish(args, model, state, aug, time.time() - t0, len(train))
 

@@ -49,6 +49,8 @@ def common_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--cooldown", type=float, default=0.4, help="fraction of the steps in the final cosine decay")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--lowres-p", type=float, default=0.3, help="probability of the 32/16-px round trip")
+    p.add_argument("--crop-scale", type=float, default=0.25, help="smallest area fraction of the random resized crop")
+    p.add_argument("--jitter", type=float, default=0.3, help="brightness/contrast/saturation strength")
     p.add_argument("--threads", type=int, default=1, help="1 beats 2 when other jobs share the 2 cores")
     p.add_argument("--low-res", type=int, default=32, help="input size of the early, cheap epochs")
     p.add_argument("--low-res-epochs", type=int, default=0, help="epochs at --low-res before full 64 px")
@@ -84,6 +86,10 @@ def environment() -> dict:
 
 
 # -- data ----------------------------------------------------------------------------------------
+def aug_config(args) -> "AugConfig":
+    return AugConfig(scale=(args.crop_scale, 1.0), lowres_p=args.lowres_p, jitter=args.jitter)
+
+
 def tiny_imagenet_train() -> Path:
     return data_path("tiny-imagenet-200", "train-200-per-class.zip")
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.imagefolder import collate_skip_bad
 from ..errors import DataError, ModelError
+from ..memory import release_free_memory
 from . import distributed
 
 
@@ -166,6 +167,7 @@ def run_images(dataset, fn: Callable, device, batch_size: int = 32, num_workers:
                 x, y = batch
                 local.append((number, (_as_tuple(fn(x.to(device))), torch.as_tensor(y), skipped)))
             bar.update(len(idx))
+            release_free_memory()
             if checkpoint and step % checkpoint.every == 0:
                 checkpoint.save(desc, rank, signature, local)
     bar.close()
@@ -192,6 +194,7 @@ def run_texts(texts: Sequence[str], fn: Callable, batch_size: int = 256, desc: s
         for number, idx in mine:
             local.append((number, _as_tuple(fn([texts[i] for i in idx]))[0]))
             bar.update(len(idx))
+            release_free_memory()
     bar.close()
     parts = distributed.gather_in_order(local)
     return torch.cat(parts) if parts else torch.empty(0)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..config import QuantConfig
 from ..errors import ConfigError
+from ..memory import release_free_memory
 from ..models.families import family_of
 from ..nn import calibrate_weights, finish_calibration, set_mode
 
@@ -79,6 +80,7 @@ def run_batches(model: nn.Module, batches, components, desc: str = "calibrating"
         if "text" in components and "input_ids" in b:
             family.encode_text(model, b["input_ids"], b.get("attention_mask"))
             seen.add("text")
+        release_free_memory()  # keeps the peak flat over long calibration streams
     if "image" in components and "image" not in seen:
         raise ConfigError("the image component is selected but the calibration data has no images", hint="pass calibration images (--calib DIR)")
     if "text" in components and "text" not in seen:
