@@ -125,3 +125,22 @@ def test_model_errors(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
     assert run_cli("info", tmp_path) == 2
     assert "not a vitq" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", "--model", "zoo:clip-tiny", "--task", "zero-shot", "--data", ".", "--reference", "zoo:clip-tiny"],
+     "--reference only applies to --task fidelity"),
+    (["eval", "--model", "zoo:clip-tiny", "--task", "zero-shot", "--data", ".", "--train-data", "."],
+     "--train-data only applies to --task linear-probe"),
+    (["eval", "--model", "zoo:deit-tiny", "--task", "top1", "--data", ".", "--train-limit", "5"],
+     "--train-limit only applies"),
+    (["eval", "--model", "zoo:clip-tiny", "--task", "retrieval", "--data", ".", "--plot", "x.png"], "--plot only applies"),
+    (["eval", "--model", "zoo:clip-tiny", "--task", "top1", "--data", ".", "--resume"], "--resume needs --checkpoint"),
+    (["quantize", "--model", "zoo:clip-tiny", "--method", "dynamic", "--calib", ".", "--out", "never"],
+     "takes no calibration data"),
+])
+def test_conflicting_options_are_named(capsys, args, message):
+    """Options that cannot go together fail before any model is loaded, and write nothing."""
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -70,6 +70,9 @@ def run(args) -> int:
     needs_calib = getattr(method, "needs_calibration", True)
     if needs_calib and not args.calib:
         raise ConfigError(f"--calib is required by the {cfg.method} method", hint="pass a folder (or .zip) of calibration images")
+    if not needs_calib and args.calib:
+        raise ConfigError(f"the {cfg.method} method takes no calibration data, but --calib was given",
+                          hint=f"drop --calib, or choose a calibrated method (see --list-methods)")
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
     comps = resolve_components(family_of(model), cfg.components)

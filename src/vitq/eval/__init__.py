@@ -37,6 +37,23 @@ _ALIASES = {"zeroshot": "zero-shot", "zero_shot": "zero-shot", "linear_probe": "
             "classification": "top1", "top-1": "top1"}
 
 
+# Options that only one task reads: giving them to another task is a mistake worth naming.
+_TASK_ONLY = {
+    "train_data": ("linear-probe", "--train-data"),
+    "train_limit": ("linear-probe", "--train-limit"),
+    "plot": ("fidelity", "--plot"),
+}
+
+
+def _check_conflicts(name: str, reference, options: dict) -> None:
+    if reference is not None and name != "fidelity":
+        raise ConfigError(f"--reference only applies to --task fidelity, not {name}",
+                          hint="drop --reference, or use --task fidelity to compare with it")
+    for key, (task, flag) in _TASK_ONLY.items():
+        if options.get(key) is not None and name != task:
+            raise ConfigError(f"{flag} only applies to --task {task}, not {name}", hint=f"drop {flag}")
+
+
 def task_name(task: str) -> str:
     name = _ALIASES.get(task, task)
     if name not in TASKS:
@@ -68,6 +85,7 @@ def evaluate(model, task: str, data=None, reference=None, **options) -> dict:
     """
     name = task_name(task)
     opts = EvalOptions.from_kwargs(**options)
+    _check_conflicts(name, reference, options)
     if name != "cost" and data is None:
         raise ConfigError(f"task {name} needs data", hint="pass --data PATH")
     distributed.ensure_initialized()

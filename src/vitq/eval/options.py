@@ -35,8 +35,6 @@ class EvalOptions:
     def checkpointer(self):
         """A :class:`~vitq.eval.checkpoint.Checkpoint` when ``checkpoint`` is set, else None."""
         if self.checkpoint is None:
-            if self.resume:
-                raise ConfigError("--resume needs --checkpoint DIR", hint="pass the folder the interrupted run saved to")
             return None
         from .checkpoint import Checkpoint
 
@@ -51,6 +49,8 @@ class EvalOptions:
         opts = cls(**kwargs)
         if opts.batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {opts.batch_size}")
+        if opts.resume and opts.checkpoint is None:
+            raise ConfigError("--resume needs --checkpoint DIR", hint="pass the folder the interrupted run saved to")
         if opts.limit is not None and opts.limit <= 0:
             raise ConfigError(f"--limit must be positive, got {opts.limit}")
         return opts
