@@ -144,3 +144,14 @@ def test_conflicting_options_are_named(capsys, args, message):
     assert run_cli(*args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_unwritable_json_paths_fail_before_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    cases = [(afile / "x.json", "is a file"), (tmp_path, "is a folder")]
+    for target, message in cases:
+        code = run_cli("eval", "--model", "zoo:deit-tiny", "--task", "cost", "--json", target, "--quiet")
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err
+    assert afile.read_text() == "keep"

@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         if err.hint:
             print(f"  what to do: {err.hint}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # disk full, permissions, a path that vanished: name it, no traceback
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"vitq {args.command}: error: cannot read or write{where}: {err.strerror or err}", file=sys.stderr)
+        print("  what to do: check the path, its permissions and the free disk space", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"vitq {args.command}: interrupted; nothing was written in place of earlier results.", file=sys.stderr)
         return 130

@@ -9,6 +9,24 @@ from pathlib import Path
 from typing import Any
 
 
+def check_output_file(path: str | Path | None, flag: str = "output") -> None:
+    """Fail before any slow work when ``path`` cannot become a file: it is a folder, or a parent is a file."""
+    if path is None:
+        return
+    from .errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder, not a file", hint=f"give {flag} a file name, e.g. {path / 'result.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path} cannot be written: {parent} is a file", hint="choose a path under a folder")
+            if not os.access(parent, os.W_OK):
+                raise ConfigError(f"{flag} {path} cannot be written: no permission in {parent}", hint="choose a writable folder")
+            return
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never a part."""
     path = Path(path)

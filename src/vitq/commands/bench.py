@@ -48,6 +48,9 @@ def run(args) -> int:
         raise ConfigError(f"cannot read batch sizes {args.batch_size!r}", hint="give positive integers, e.g. --batch-size 1,32")
     if args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--repeats must be at least 1 and --warmup at least 0")
+    from ..io_utils import check_output_file
+
+    check_output_file(args.json, "--json")
     if args.threads:
         import torch
 

@@ -31,6 +31,9 @@ def run(args) -> int:
 
     from ..data.paths import data_root
 
+    from ..io_utils import check_output_file
+
+    check_output_file(args.json, "--json")
     root = data_root()
     missing = [p for p in (CALIB, TEST_SETS[args.data]) if not (root / p).exists()]
     if missing:

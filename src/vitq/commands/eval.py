@@ -54,12 +54,14 @@ def load(spec: str):
 def run(args) -> int:
     from ..errors import ConfigError
     from ..eval import distributed, evaluate
-    from ..io_utils import to_json, write_json
+    from ..io_utils import check_output_file, to_json, write_json
 
     if args.task != "cost" and not args.data:
         raise ConfigError(f"--task {args.task} needs --data PATH")
     if args.task == "fidelity" and not args.reference:
         raise ConfigError("--task fidelity needs --reference MODEL (the full-precision model)")
+    check_output_file(args.json, "--json")
+    check_output_file(args.plot, "--plot")
     plot = args.plot
     if args.task == "fidelity" and plot is None and args.json:
         plot = str(Path(args.json).with_suffix("")) + "_similarity.png"

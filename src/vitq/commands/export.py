@@ -35,7 +35,8 @@ def run(args) -> int:
         raise ConfigError(f"unknown tower {', '.join(bad) or '(none)'}", hint="use image, text or image,text")
     folder = Path(args.model)
     if not folder.is_dir():
-        raise ModelError(f"model folder {folder} does not exist", hint="pass a folder written by `vitq quantize`")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ModelError(f"model folder {folder} {what}", hint="pass a folder written by `vitq quantize`")
     if not is_saved_folder(folder):
         raise ModelError(f"{folder} is not a vitq quantized-model folder (no vitq_config.json)",
                          hint="quantize it first: vitq quantize --model ... --out DIR, then vitq export --model DIR")
