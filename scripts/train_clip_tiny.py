@@ -11,8 +11,11 @@ The text body is frozen except its last layer (lightly tuned, ``--text-lr``), th
 MiniLM never trained for, so those are what must learn. The frozen layers' outputs for every
 training caption are computed once, which makes the text side nearly free.
 
-The loss is CLIP's image->text cross-entropy against one freshly sampled caption per class (all
-200 classes every step: no false negatives from repeated classes in a batch). With
+The loss is CLIP's image->text cross-entropy against all 200 classes every step (no false
+negatives from repeated classes in a batch): per class either one freshly sampled caption
+(``--text-target caption``) or the normalised mean of all its captions' embeddings
+(``--text-target ensemble``, CLIP's prompt ensemble; with ``--text-tune pooler`` only the final
+[CLS] states are cached and the pooler and projection run on all 9,282 captions each step). With
 ``--deit-weight > 0`` a linear classifier on the same ViT [CLS] token trains alongside and is
 exported as ``deit-tiny``: one ViT forward/backward serves both models, halving the CPU cost.
 """
@@ -73,10 +76,15 @@ def parse():
     p.add_argument("--proj-dim", type=int, default=256)
     p.add_argument("--text-lr", type=float, default=1e-4, help="lr of the tuned last BERT layer")
     p.add_argument("--text-tune", choices=("pooler", "last"), default="last", help="pooler+projection only, or also the last BERT layer")
+    p.add_argument("--text-target", choices=("caption", "ensemble"), default="caption",
+                   help="per class and step: one sampled caption, or the mean embedding of all its captions (needs --text-tune pooler)")
     p.add_argument("--deit-weight", type=float, default=1.0, help="weight of the joint deit-tiny classifier loss (0: none)")
     p.add_argument("--compare-limit", type=int, default=2000, help="subset size for the fp32-vs-fp16 comparison")
     p.add_argument("--deit-out", type=Path, default=zt.WEIGHTS_DIR / "deit-tiny")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.text_target == "ensemble" and args.text_tune != "pooler":
+        p.error("--text-target ensemble caches the last BERT layer's output: use it with --text-tune pooler")
+    return args
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -117,21 +125,33 @@ class Joint(torch.nn.Module):
         h = h[0] if isinstance(h, tuple) else h
         return F.normalize(self.clip.text_projection(text.pooler(h)).float(), dim=-1)
 
+    def text_from_cls(self, cls: torch.Tensor) -> torch.Tensor:
+        """The pooler and the projection on cached final [CLS] states (the body is frozen)."""
+        return F.normalize(self.clip.text_projection(self.clip.text_model.pooler(cls[:, None])).float(), dim=-1)
+
 
 # -- captions ------------------------------------------------------------------------------------
 class CaptionBank:
-    """Every training caption's frozen BERT input to the last layer, and per-class sampling."""
+    """Every training caption's frozen BERT states, per-class sampling and per-class ensembles.
 
-    def __init__(self, model: Joint, tokenizer, classes):
+    ``cls_only``: keep just the final [CLS] state (all the pooler reads), for ``--text-tune pooler``;
+    otherwise the input of the last layer, which is tuned.
+    """
+
+    def __init__(self, model: Joint, tokenizer, classes, cls_only: bool = False):
         self.primary, self.any = [], []  # caption ids: with the class name / with any synonym
-        captions = []
-        for c in classes:
+        self.cls_only = cls_only
+        captions, owner = [], []
+        for k, c in enumerate(classes):
             names = list(dict.fromkeys([c.name, *c.synonyms]))[:MAX_NAMES]
             ids = [[len(captions) + t * len(names) + n for t in range(len(TRAIN_TEMPLATES))] for n in range(len(names))]
             captions += [t.format(n) for t in TRAIN_TEMPLATES for n in names]
+            owner += [k] * (len(TRAIN_TEMPLATES) * len(names))
             self.primary.append(torch.tensor(ids[0]))
             self.any.append(torch.tensor([i for row in ids for i in row]))
         self.captions = captions
+        self.owner = torch.tensor(owner)
+        self.n_classes = len(classes)
         tok = tokenizer(captions, padding=True, return_tensors="pt")
         self.mask = tok["attention_mask"]
         self.hidden = self._frozen_hidden(model, tok)
@@ -143,14 +163,27 @@ class CaptionBank:
         for i in range(0, len(self.captions), 512):
             batch = {k: v[i : i + 512] for k, v in tok.items()}
             with torch.autocast("cpu", dtype=torch.bfloat16):  # training runs in bf16 anyway
-                out.append(text(**batch, output_hidden_states=True).hidden_states[-2].to(torch.bfloat16))
-        hidden = torch.cat(out)
+                states = text(**batch, output_hidden_states=True).hidden_states
+                out.append((states[-1][:, 0] if self.cls_only else states[-2]).to(torch.bfloat16))
+        self.hidden = torch.cat(out)
         # The cached path must reproduce the full model's text features.
         full = model.clip.get_text_features(**{k: v[:16] for k, v in tok.items()}).pooler_output
-        cached = model.text_from_hidden(hidden[:16].float(), self.mask[:16])
+        cached = self.embed(model, torch.arange(16))
         cosine = (F.normalize(full, dim=-1) * cached).sum(-1).min().item()
         assert cosine > 0.995, f"cached text path differs from the full model (cosine {cosine:.4f})"
-        return hidden
+        return self.hidden
+
+    def embed(self, model: Joint, ids: torch.Tensor) -> torch.Tensor:
+        """Normalised text embeddings of captions ``ids`` through the trainable part."""
+        if self.cls_only:
+            return model.text_from_cls(self.hidden[ids].float())
+        return model.text_from_hidden(self.hidden[ids].float(), self.mask[ids])
+
+    def class_ensemble(self, model: Joint) -> torch.Tensor:
+        """Per class, the normalised mean of all its captions' embeddings (CLIP's prompt ensemble)."""
+        emb = model.text_from_cls(self.hidden.float())
+        sums = torch.zeros(self.n_classes, emb.shape[1], dtype=emb.dtype).index_add(0, self.owner, emb)
+        return F.normalize(sums, dim=-1)
 
     def sample(self, g: torch.Generator) -> torch.Tensor:
         """One caption id per class: the class name half of the time, else any synonym."""
@@ -184,13 +217,12 @@ def main():
     images, labels = zt.decode_uint8(train, desc="decode train")
     quick = quick_sets()
     model = Joint(args, len(train.classes))
-    bank = CaptionBank(model, tokenizer, train.classes)
+    bank = CaptionBank(model, tokenizer, train.classes, cls_only=args.text_tune == "pooler")
     optimizer = torch.optim.AdamW(optimizer_groups(args, model), lr=args.lr, fused=True)
 
     def loss_fn(x, y, g):
         img, cls_logits = model.image(x)
-        ids = bank.sample(g)
-        txt = model.text_from_hidden(bank.hidden[ids], bank.mask[ids])
+        txt = bank.class_ensemble(model) if args.text_target == "ensemble" else bank.embed(model, bank.sample(g))
         scale = model.clip.logit_scale.clamp(max=4.6052).exp()  # temperature >= 0.01, as CLIP
         loss = F.cross_entropy(scale * img @ txt.T, y, label_smoothing=args.label_smoothing)
         if cls_logits is not None:
