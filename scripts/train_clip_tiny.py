@@ -69,10 +69,7 @@ MAX_NAMES = 4  # the class name plus up to three WordNet synonyms
 
 def parse():
     p = zt.common_args(__doc__.splitlines()[0], "clip-tiny")
-    p.add_argument("--width", type=int, default=192)
-    p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--heads", type=int, default=3)
-    p.add_argument("--patch", type=int, default=8)
+    zt.vit_args(p)
     p.add_argument("--proj-dim", type=int, default=256)
     p.add_argument("--text-lr", type=float, default=1e-4, help="lr of the tuned last BERT layer")
     p.add_argument("--text-tune", choices=("pooler", "last"), default="last", help="pooler+projection only, or also the last BERT layer")

@@ -33,10 +33,7 @@ def build(args, classes) -> torch.nn.Module:
 
 def parse():
     p = zt.common_args(__doc__.splitlines()[0], "deit-tiny")
-    p.add_argument("--width", type=int, default=192)
-    p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--heads", type=int, default=3)
-    p.add_argument("--patch", type=int, default=8)
+    zt.vit_args(p)
     return p.parse_args()
 
 

@@ -399,6 +399,14 @@ def folder_megabytes(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 2)
 
 
+def vit_args(p: argparse.ArgumentParser) -> None:
+    """The ViT size flags both reference-model scripts take."""
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--patch", type=int, default=8)
+
+
 def vit_config(args, **extra):
     """The ViT of both reference models (``--patch/--width/--depth/--heads``), eager attention."""
     from transformers import ViTConfig
