@@ -155,3 +155,15 @@ def test_unwritable_json_paths_fail_before_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err
     assert afile.read_text() == "keep"
+
+
+def test_os_errors_are_named_without_traceback(monkeypatch, capsys):
+    from vitq.commands import info
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device", "/out/model.safetensors")
+
+    monkeypatch.setattr(info, "run", disk_full)  # the parser picks up each command's run() when built
+    assert main(["info", "anything"]) == 1
+    err = capsys.readouterr().err
+    assert "/out/model.safetensors" in err and "No space left" in err and "Traceback" not in err

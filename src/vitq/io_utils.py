@@ -8,13 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 
 def check_output_file(path: str | Path | None, flag: str = "output") -> None:
     """Fail before any slow work when ``path`` cannot become a file: it is a folder, or a parent is a file."""
     if path is None:
         return
-    from .errors import ConfigError
-
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder, not a file", hint=f"give {flag} a file name, e.g. {path / 'result.json'}")

@@ -27,10 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..errors import DataError
-
     from ..data.paths import data_root
-
+    from ..errors import DataError
     from ..io_utils import check_output_file
 
     check_output_file(args.json, "--json")
