@@ -1,15 +1,18 @@
 """Train ``clip-tiny``: a VisionTextDualEncoderModel (ViT from scratch + pretrained all-MiniLM-L6-v2).
 
-    python scripts/train_clip_tiny.py --seed 0 --epochs 15 --low-res-epochs 8 --cooldown 0.6 [--resume]
+    python scripts/train_clip_tiny.py --seed 0 [recipe flags] [--resume]
 
-(the shipped weights came from a chain of --resume runs; see docs/zoo/clip-tiny.md). Writes
-epoch checkpoints to runs/clip-tiny/ and the fp16 packages src/vitq/zoo/weights/clip-tiny/ and,
-with the joint classifier, .../deit-tiny/, each with training.json.
+(the flags of the shipped weights are in docs/zoo/clip-tiny.md and in their training.json).
+Writes epoch checkpoints to runs/clip-tiny/ and the fp16 packages src/vitq/zoo/weights/clip-tiny/
+and, with the joint classifier, .../deit-tiny/, each with training.json.
 
-The text body is frozen except its last layer (lightly tuned, ``--text-lr``), the BERT pooler and
-``text_projection``: HF's ``get_text_features`` reads the pooler (dense+tanh on [CLS]), which
-MiniLM never trained for, so those are what must learn. The frozen layers' outputs for every
-training caption are computed once, which makes the text side nearly free.
+HF's ``get_text_features`` reads the BERT pooler (dense+tanh on [CLS]), which MiniLM never trained
+for (it was trained with mean pooling). ``--text-tune`` says what learns about that: ``last`` (the
+last BERT layer at ``--text-lr``, the pooler and ``text_projection`` train with the image tower),
+``pooler`` (pooler and projection only) or ``distilled`` (first, text only, the last layer and
+the pooler learn to reproduce MiniLM's mean-pooled embedding, see text_pooler_distill.py; then the
+whole text tower is frozen and only ``text_projection`` trains). The frozen layers' outputs for
+every training caption are computed once, which makes the text side nearly free.
 
 The loss is CLIP's image->text cross-entropy against all 200 classes every step (no false
 negatives from repeated classes in a batch): per class either one freshly sampled caption
@@ -72,15 +75,18 @@ def parse():
     zt.vit_args(p)
     p.add_argument("--proj-dim", type=int, default=256)
     p.add_argument("--text-lr", type=float, default=1e-4, help="lr of the tuned last BERT layer")
-    p.add_argument("--text-tune", choices=("pooler", "last"), default="last", help="pooler+projection only, or also the last BERT layer")
+    p.add_argument("--text-tune", choices=("pooler", "last", "distilled"), default="last",
+                   help="pooler+projection only, or also the last BERT layer; distilled: first teach the pooler MiniLM's "
+                        "mean pooling (text only, scripts/text_pooler_distill.py), then freeze the text tower")
+    p.add_argument("--distill-epochs", type=int, default=3, help="epochs of the text-only pooler distillation")
     p.add_argument("--text-target", choices=("caption", "ensemble"), default="caption",
                    help="per class and step: one sampled caption, or the mean embedding of all its captions (needs --text-tune pooler)")
     p.add_argument("--deit-weight", type=float, default=1.0, help="weight of the joint deit-tiny classifier loss (0: none)")
     p.add_argument("--compare-limit", type=int, default=2000, help="subset size for the fp32-vs-fp16 comparison")
     p.add_argument("--deit-out", type=Path, default=zt.WEIGHTS_DIR / "deit-tiny")
     args = p.parse_args()
-    if args.text_target == "ensemble" and args.text_tune != "pooler":
-        p.error("--text-target ensemble caches the last BERT layer's output: use it with --text-tune pooler")
+    if args.text_target == "ensemble" and args.text_tune == "last":
+        p.error("--text-target ensemble caches the last BERT layer's output: use it with --text-tune pooler or distilled")
     return args
 
 
@@ -105,7 +111,9 @@ class Joint(torch.nn.Module):
         self.classifier = torch.nn.Linear(args.width, n_classes) if args.deit_weight > 0 else None
         for name, p in self.clip.text_model.named_parameters():
             last = f"encoder.layer.{text.config.num_hidden_layers - 1}."
-            p.requires_grad = name.startswith("pooler.") or (args.text_tune == "last" and name.startswith(last))
+            tuned = (args.text_tune == "pooler" and name.startswith("pooler.")) or (
+                args.text_tune == "last" and (name.startswith("pooler.") or name.startswith(last)))
+            p.requires_grad = tuned
 
     def image(self, x):
         # Low-res epochs: the 8x8 position table is resized to the smaller patch grid.
@@ -136,22 +144,28 @@ class CaptionBank:
     """
 
     def __init__(self, model: Joint, tokenizer, classes, cls_only: bool = False):
-        self.primary, self.any = [], []  # caption ids: with the class name / with any synonym
         self.cls_only = cls_only
-        captions, owner = [], []
-        for k, c in enumerate(classes):
-            names = list(dict.fromkeys([c.name, *c.synonyms]))[:MAX_NAMES]
-            ids = [[len(captions) + t * len(names) + n for t in range(len(TRAIN_TEMPLATES))] for n in range(len(names))]
-            captions += [t.format(n) for t in TRAIN_TEMPLATES for n in names]
-            owner += [k] * (len(TRAIN_TEMPLATES) * len(names))
-            self.primary.append(torch.tensor(ids[0]))
-            self.any.append(torch.tensor([i for row in ids for i in row]))
+        captions, owner, self.primary, self.any = self.captions_of(classes)
         self.captions = captions
         self.owner = torch.tensor(owner)
         self.n_classes = len(classes)
         tok = tokenizer(captions, padding=True, return_tensors="pt")
         self.mask = tok["attention_mask"]
         self.hidden = self._frozen_hidden(model, tok)
+
+    @staticmethod
+    def captions_of(classes):
+        """Every training caption, its class, and per class the caption ids with the class name
+        and with any of its names."""
+        captions, owner, primary, anyname = [], [], [], []
+        for k, c in enumerate(classes):
+            names = list(dict.fromkeys([c.name, *c.synonyms]))[:MAX_NAMES]
+            ids = [[len(captions) + t * len(names) + n for t in range(len(TRAIN_TEMPLATES))] for n in range(len(names))]
+            captions += [t.format(n) for t in TRAIN_TEMPLATES for n in names]
+            owner += [k] * (len(TRAIN_TEMPLATES) * len(names))
+            primary.append(torch.tensor(ids[0]))
+            anyname.append(torch.tensor([i for row in ids for i in row]))
+        return captions, owner, primary, anyname
 
     @torch.no_grad()
     def _frozen_hidden(self, model: Joint, tok) -> torch.Tensor:
@@ -214,7 +228,10 @@ def main():
     images, labels = zt.decode_uint8(train, desc="decode train")
     quick = quick_sets()
     model = Joint(args, len(train.classes))
-    bank = CaptionBank(model, tokenizer, train.classes, cls_only=args.text_tune == "pooler")
+    extras = {}
+    if args.text_tune == "distilled":
+        extras["text_distillation"] = distilled_text(args, model, tokenizer, train.classes)
+    bank = CaptionBank(model, tokenizer, train.classes, cls_only=args.text_tune != "last")
     optimizer = torch.optim.AdamW(optimizer_groups(args, model), lr=args.lr, fused=True)
 
     def loss_fn(x, y, g):
@@ -231,7 +248,38 @@ def main():
 
     aug = zt.aug_config(args)
     state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug, frozen=(model.clip.text_model,))
-    finish(args, model, tokenizer, train.classes, state, aug, time.time() - t0, len(train))
+    finish(args, model, tokenizer, train.classes, state, aug, time.time() - t0, len(train), extras)
+
+
+def distilled_text(args, model: Joint, tokenizer, classes) -> dict:
+    """Run (or reload, on --resume) the text-only pooler distillation; returns its report.
+
+    Agreement with the original mean pooling is measured on held-out prompts: the evaluation
+    templates, which the distillation corpus never contains, filled with the Tiny ImageNet and
+    CIFAR-10 class names.
+    """
+    import text_pooler_distill as td
+
+    text = model.clip.text_model
+    saved = args.run_dir / "text-distilled.pt"
+    held = {key: [t.format(n) for n in ImageFolder(folder).class_names for t in EVAL_TEMPLATES]
+            for key, folder in (("tiny_imagenet", zt.tiny_imagenet_val()), ("cifar10", zt.cifar10_test()))}
+    reference = {key: td.mean_embeddings(text, tokenizer, texts) for key, texts in held.items()}
+    report = {"before": {k: td.agreement(text, tokenizer, held[k], reference[k]) for k in held}}
+    if saved.is_file():
+        blob = torch.load(saved, map_location="cpu", weights_only=True)
+        text.load_state_dict(blob["text_model"])
+        report["run"] = json.loads(blob["run"])
+    else:
+        captions = CaptionBank.captions_of(classes)[0]
+        texts = td.corpus(captions, TRAIN_TEMPLATES, tokenizer, args.seed)
+        report["run"] = td.distill(text, tokenizer, texts, args.seed, epochs=args.distill_epochs)
+        torch.save({"text_model": text.state_dict(), "run": json.dumps(report["run"])}, saved)
+    for p in text.parameters():
+        p.requires_grad = False
+    report["after"] = {k: td.agreement(text, tokenizer, held[k], reference[k]) for k in held}
+    print("text distillation", json.dumps(report), flush=True)
+    return report
 
 
 def optimizer_groups(args, model: Joint) -> list[dict]:
@@ -299,7 +347,7 @@ def round_to_fp16_(model: torch.nn.Module) -> None:
                 t.copy_(t.half().float())
 
 
-def finish(args, model: Joint, tokenizer, classes, state, aug, wall, n_train) -> None:
+def finish(args, model: Joint, tokenizer, classes, state, aug, wall, n_train, extras: dict) -> None:
     """Evaluate, round to fp16, evaluate again, export both packages and their training.json.
 
     The shipped (fp16-rounded) weights are scored on the full test sets; the fp32 weights on a
@@ -322,7 +370,7 @@ def finish(args, model: Joint, tokenizer, classes, state, aug, wall, n_train) ->
     if deit is not None:
         packages["deit-tiny"] = (deit, args.deit_out, args.run_dir / "deit-tiny")
     for name, (net, out, run_dir) in packages.items():
-        report = base_report(args, state, aug, wall, n_train, name, net)
+        report = {**base_report(args, state, aug, wall, n_train, name, net), **(extras if name == "clip-tiny" else {})}
         report["metrics_fp16_package"] = fp16[name]
         report["fp32_vs_fp16_on_subset"] = {"fp32": fp32[name], "fp16": fp16_subset[name]}
         if not args.no_export:

