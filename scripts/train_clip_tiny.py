@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import text_pooler_distill as td
 import zoo_training as zt
 from vitq.data import ImageFolder
 from vitq.eval.templates import ENSEMBLE7
@@ -124,11 +125,8 @@ class Joint(torch.nn.Module):
 
     def text_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Run the last BERT layer, the pooler and the projection on cached layer-(L-1) outputs."""
-        text = self.clip.text_model
-        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        h = text.encoder.layer[-1](hidden, attention_mask=additive)
-        h = h[0] if isinstance(h, tuple) else h
-        return F.normalize(self.clip.text_projection(text.pooler(h)).float(), dim=-1)
+        pooled = td.pooled_from_last_input(self.clip.text_model, hidden, mask)
+        return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)
 
     def text_from_cls(self, cls: torch.Tensor) -> torch.Tensor:
         """The pooler and the projection on cached final [CLS] states (the body is frozen)."""
@@ -258,8 +256,6 @@ def distilled_text(args, model: Joint, tokenizer, classes) -> dict:
     templates, which the distillation corpus never contains, filled with the Tiny ImageNet and
     CIFAR-10 class names.
     """
-    import text_pooler_distill as td
-
     text = model.clip.text_model
     saved = args.run_dir / "text-distilled.pt"
     held = {key: [t.format(n) for n in ImageFolder(folder).class_names for t in EVAL_TEMPLATES]
