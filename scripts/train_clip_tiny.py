@@ -21,6 +21,11 @@ negatives from repeated classes in a batch): per class either one freshly sample
 [CLS] states are cached and the pooler and projection run on all 9,282 captions each step). With
 ``--deit-weight > 0`` a linear classifier on the same ViT [CLS] token trains alongside and is
 exported as ``deit-tiny``: one ViT forward/backward serves both models, halving the CPU cost.
+
+With ``--refit-epochs N`` a second, cheap stage follows (zero_shot_refit.py): the body is frozen
+and only the zero-shot head (image pooler, both projections, temperature) is refitted against
+class vectors built from the training templates with each class's primary name, the form the
+evaluation prompts take (the main loss's ensemble also holds the WordNet synonyms).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import text_pooler_distill as td
+import zero_shot_refit as zsr
 import zoo_training as zt
 from vitq.data import ImageFolder
 from vitq.eval.templates import ENSEMBLE7
@@ -82,6 +88,10 @@ def parse():
     p.add_argument("--distill-epochs", type=int, default=3, help="epochs of the text-only pooler distillation")
     p.add_argument("--text-target", choices=("caption", "ensemble"), default="caption",
                    help="per class and step: one sampled caption, or the mean embedding of all its captions (needs --text-tune pooler or distilled)")
+    p.add_argument("--refit-epochs", type=int, default=0,
+                   help="after training, refit the zero-shot head on the frozen body (zero_shot_refit.py); 0: none")
+    p.add_argument("--refit-views", type=int, default=2, help="augmented views per image cached for the refit")
+    p.add_argument("--refit-lr", type=float, default=1e-3)
     p.add_argument("--deit-weight", type=float, default=1.0, help="weight of the joint deit-tiny classifier loss (0: none)")
     p.add_argument("--compare-limit", type=int, default=2000, help="subset size for the fp32-vs-fp16 comparison")
     p.add_argument("--deit-out", type=Path, default=zt.WEIGHTS_DIR / "deit-tiny")
@@ -119,9 +129,12 @@ class Joint(torch.nn.Module):
     def image(self, x):
         # Low-res epochs: the 8x8 position table is resized to the smaller patch grid.
         out = self.clip.vision_model(pixel_values=x, interpolate_pos_encoding=x.shape[-1] != zt.IMAGE_SIZE)
-        emb = F.normalize(self.clip.visual_projection(out.pooler_output).float(), dim=-1)
         logits = self.classifier(out.last_hidden_state[:, 0]).float() if self.classifier is not None else None
-        return emb, logits
+        return self.image_head(out.last_hidden_state), logits
+
+    def image_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """get_image_features from the final-LayerNorm states ((N, 1, D): just [CLS]): pooler, projection."""
+        return F.normalize(self.clip.visual_projection(self.clip.vision_model.pooler(hidden)).float(), dim=-1)
 
     def text_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Run the last BERT layer, the pooler and the projection on cached layer-(L-1) outputs."""
@@ -188,10 +201,12 @@ class CaptionBank:
             return model.text_from_cls(self.hidden[ids].float())
         return model.text_from_hidden(self.hidden[ids].float(), self.mask[ids])
 
-    def class_ensemble(self, model: Joint) -> torch.Tensor:
-        """Per class, the normalised mean of all its captions' embeddings (CLIP's prompt ensemble)."""
-        emb = model.text_from_cls(self.hidden.float())
-        sums = torch.zeros(self.n_classes, emb.shape[1], dtype=emb.dtype).index_add(0, self.owner, emb)
+    def class_ensemble(self, model: Joint, primary_only: bool = False) -> torch.Tensor:
+        """Per class, the normalised mean of its captions' embeddings (CLIP's prompt ensemble):
+        all of them, or only those with the class's primary name (what evaluation prompts use)."""
+        ids = torch.cat(self.primary) if primary_only else torch.arange(len(self.captions))
+        emb = self.embed(model, ids)
+        sums = torch.zeros(self.n_classes, emb.shape[1], dtype=emb.dtype).index_add(0, self.owner[ids], emb)
         return F.normalize(sums, dim=-1)
 
     def sample(self, g: torch.Generator) -> torch.Tensor:
@@ -246,7 +261,29 @@ def main():
 
     aug = zt.aug_config(args)
     state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug, frozen=(model.clip.text_model,))
+    if args.refit_epochs > 0:
+        extras["zero_shot_refit"] = refit_head(args, model, bank, images, labels, aug, quick_eval)
     finish(args, model, tokenizer, train.classes, state, aug, time.time() - t0, len(train), extras)
+
+
+def refit_head(args, model: Joint, bank: CaptionBank, images, labels, aug, quick_eval) -> dict:
+    """Stage 2 (zero_shot_refit.py): pooler, projections and temperature against primary-name
+    class vectors, on cached [CLS] features of the frozen body. Deterministic for a seed, so a
+    --resume after training simply runs it again from the trained checkpoint."""
+    model.eval()
+    feats, ys = zsr.cache_features(lambda x: model.clip.vision_model(pixel_values=x).last_hidden_state[:, :1],
+                                   images, labels, aug, args.seed, args.refit_views)
+    head = [*model.clip.vision_model.pooler.parameters(), *model.clip.visual_projection.parameters(),
+            *model.clip.text_projection.parameters(), model.clip.logit_scale]
+
+    def logits(f, g):
+        scale = model.clip.logit_scale.clamp(max=4.6052).exp()
+        return scale * model.image_head(f) @ bank.class_ensemble(model, primary_only=True).T
+
+    with torch.enable_grad():
+        report = zsr.refit(head, logits, feats, ys, args.seed, args.refit_epochs, args.refit_lr, args.batch_size, quick_eval)
+    report.update(views=args.refit_views, images=len(images), features=len(feats))
+    return report
 
 
 def distilled_text(args, model: Joint, tokenizer, classes) -> dict:
