@@ -59,6 +59,8 @@ def common_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=REPO / "runs" / name)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / name, help="packaged fp16 folder")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="exit after this epoch's checkpoint (to --resume later, possibly with other augmentation flags)")
     p.add_argument("--no-export", action="store_true", help="train only; do not write the package folder")
     return p
 
@@ -289,6 +291,9 @@ def train_loop(
         state["epoch"] = epoch + 1
         print(json.dumps(entry), flush=True)
         _save_checkpoint(ckpt, model, optimizer, scheduler, state)
+        if args.stop_after is not None and state["epoch"] == args.stop_after < args.epochs:
+            print(f"stopped after epoch {state['epoch']} as asked (--stop-after); continue with --resume", flush=True)
+            raise SystemExit(0)
     model.eval()
     return state
 
