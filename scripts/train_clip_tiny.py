@@ -98,6 +98,8 @@ def parse():
     args = p.parse_args()
     if args.text_target == "ensemble" and args.text_tune == "last":
         p.error("--text-target ensemble caches the last BERT layer's output: use it with --text-tune pooler or distilled")
+    if args.refit_epochs < 0 or args.refit_views < 0:
+        p.error("--refit-epochs and --refit-views must be >= 0 (--refit-epochs 0: no refit)")
     return args
 
 
@@ -276,7 +278,7 @@ def refit_head(args, model: Joint, bank: CaptionBank, images, labels, aug, quick
     head = [*model.clip.vision_model.pooler.parameters(), *model.clip.visual_projection.parameters(),
             *model.clip.text_projection.parameters(), model.clip.logit_scale]
 
-    def logits(f, g):
+    def logits(f):
         scale = model.clip.logit_scale.clamp(max=4.6052).exp()
         return scale * model.image_head(f) @ bank.class_ensemble(model, primary_only=True).T
 

@@ -36,10 +36,10 @@ def cache_features(features: Callable[[torch.Tensor], torch.Tensor], images: tor
     return torch.cat(out), labels.repeat(views + 1)
 
 
-def refit(params: list[torch.nn.Parameter], logits: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+def refit(params: list[torch.nn.Parameter], logits: Callable[[torch.Tensor], torch.Tensor],
           feats: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int, lr: float, batch: int,
           evaluate: Callable[[], dict]) -> dict:
-    """Cross-entropy on ``logits(features, g)``, AdamW one-cycle over ``params`` only; returns the history."""
+    """Cross-entropy on ``logits(features)``, AdamW one-cycle over ``params`` only; returns the history."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     steps = len(feats) // batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps, pct_start=0.1)
@@ -51,7 +51,7 @@ def refit(params: list[torch.nn.Parameter], logits: Callable[[torch.Tensor, torc
         total = 0.0
         for step in tqdm(range(steps), desc=f"refit epoch {epoch + 1}/{epochs}", mininterval=10, leave=False):
             idx = order[step * batch : (step + 1) * batch]
-            loss = F.cross_entropy(logits(feats[idx], g), labels[idx])
+            loss = F.cross_entropy(logits(feats[idx]), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -66,6 +66,8 @@ def common_args(description: str, name: str) -> argparse.ArgumentParser:
 
 
 def setup(args) -> None:
+    if args.stop_after is not None and not 1 <= args.stop_after < args.epochs:
+        raise SystemExit(f"--stop-after {args.stop_after} must lie between 1 and --epochs - 1 ({args.epochs - 1})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -261,6 +263,9 @@ def train_loop(
     if args.resume and ckpt.is_file():
         state = _load_checkpoint(ckpt, model, optimizer, scheduler)
         print(f"resumed from {ckpt} after epoch {state['epoch']}")
+        if args.stop_after is not None and args.stop_after <= state["epoch"]:
+            raise SystemExit(f"--stop-after {args.stop_after}: {ckpt} is already past epoch {state['epoch']}; "
+                             "drop --stop-after or give a later epoch")
     for epoch in range(state["epoch"], args.epochs):
         g = epoch_generator(args.seed, epoch)
         order = torch.randperm(len(images), generator=g)
@@ -291,7 +296,7 @@ def train_loop(
         state["epoch"] = epoch + 1
         print(json.dumps(entry), flush=True)
         _save_checkpoint(ckpt, model, optimizer, scheduler, state)
-        if args.stop_after is not None and state["epoch"] == args.stop_after < args.epochs:
+        if state["epoch"] == args.stop_after:
             print(f"stopped after epoch {state['epoch']} as asked (--stop-after); continue with --resume", flush=True)
             raise SystemExit(0)
     model.eval()
