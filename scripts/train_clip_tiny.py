@@ -246,16 +246,20 @@ def main():
     extras = {}
     if args.text_tune == "distilled":
         extras["text_distillation"] = distilled_text(args, model, tokenizer, train.classes)
+    zt.init_weights(args, model)  # after the text distillation: the checkpoint has the text tower too
     bank = CaptionBank(model, tokenizer, train.classes, cls_only=args.text_tune != "last")
     optimizer = torch.optim.AdamW(optimizer_groups(args, model), lr=args.lr, fused=True)
+    distiller = zt.Distiller(args, args.label_smoothing)
 
     def loss_fn(x, y, g):
+        # With --teacher both heads learn from the convnet's labels too (the classes are the same 200).
+        taught = distiller.targets(x)
         img, cls_logits = model.image(x)
         txt = bank.class_ensemble(model) if args.text_target == "ensemble" else bank.embed(model, bank.sample(g))
         scale = model.clip.logit_scale.clamp(max=4.6052).exp()  # temperature >= 0.01, as CLIP
-        loss = F.cross_entropy(scale * img @ txt.T, y, label_smoothing=args.label_smoothing)
+        loss = distiller.loss(scale * img @ txt.T, y, taught)
         if cls_logits is not None:
-            loss = loss + args.deit_weight * F.cross_entropy(cls_logits, y, label_smoothing=args.label_smoothing)
+            loss = loss + args.deit_weight * distiller.loss(cls_logits, y, taught)
         return loss
 
     def quick_eval():

@@ -10,6 +10,7 @@ body, half the CPU cost); this script is the stand-alone recipe with the same he
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -49,21 +50,30 @@ def full_eval(model, processor, limit: int | None = None) -> dict:
 
 
 def main():
-    args = parse()
+    train_classifier(parse(), build, "deit-tiny")
+
+
+def train_classifier(args, build_model, name: str) -> None:
+    """Train ``build_model(args, classes)`` (any HF image classifier) with the shared loop, then finish."""
     zt.setup(args)
     t0 = time.time()
     train = ImageFolder(zt.tiny_imagenet_train(), limit=args.limit, seed=args.seed)
     images, labels = zt.decode_uint8(train, desc="decode train")
     val = ImageFolder(zt.tiny_imagenet_val(), limit=1000, seed=0)
     val_images, val_labels = zt.decode_uint8(val, desc="decode val")
-    model = build(args, train.classes)
+    model = build_model(args, train.classes)
+    zt.init_weights(args, model)
+    distiller = zt.Distiller(args, args.label_smoothing)
     optimizer = torch.optim.AdamW(
         zt.param_groups(list(model.named_parameters()), args.lr, args.weight_decay), lr=args.lr, fused=True
     )
 
+    vit = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+
     def loss_fn(x, y, g):
-        low_res = x.shape[-1] != zt.IMAGE_SIZE  # the position table is resized to the patch grid
-        return F.cross_entropy(model(pixel_values=x, interpolate_pos_encoding=low_res).logits.float(), y, label_smoothing=args.label_smoothing)
+        # Low-res epochs: a ViT's position table is resized to the patch grid; a convnet needs nothing.
+        extra = {"interpolate_pos_encoding": x.shape[-1] != zt.IMAGE_SIZE} if vit else {}
+        return distiller.loss(model(pixel_values=x, **extra).logits.float(), y, distiller.targets(x))
 
     def quick_eval():
         logits = zt.batched(lambda x: model(pixel_values=x).logits, val_images)
@@ -71,12 +81,12 @@ def main():
 
     aug = zt.aug_config(args)
     state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug)
-    finish(args, model, state, aug, time.time() - t0, len(train))
+    finish(args, model, state, aug, time.time() - t0, len(train), name)
 
 
-def finish(args, model, state, aug, wall, n_train) -> None:
+def finish(args, model, state, aug, wall, n_train, name: str) -> None:
     processor = zt.image_processor()
-    report = zt.run_report(args, state, aug, wall, n_train, "deit-tiny", model, eval="tiny-imagenet-200/val")
+    report = zt.run_report(args, state, aug, wall, n_train, name, model, eval="tiny-imagenet-200/val")
     report["metrics_fp32"] = full_eval(model, processor, args.eval_limit)
     model.save_pretrained(args.run_dir / "final")
     print("fp32", report["metrics_fp32"], flush=True)

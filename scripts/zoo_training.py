@@ -62,12 +62,26 @@ def common_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None,
                    help="exit after this epoch's checkpoint (to --resume later, possibly with other augmentation flags)")
     p.add_argument("--no-export", action="store_true", help="train only; do not write the package folder")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from these model weights (an epochNNN.pt of an earlier run) with a fresh optimiser and schedule")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="HF image-classifier folder (train_cnn_teacher.py) to distil from, DeiT-style")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="with --teacher: weight of the teacher-label loss; the true-label loss gets 1 - this")
+    p.add_argument("--distill-kind", choices=("hard", "soft"), default="hard",
+                   help="teacher's argmax as the label (DeiT's hard distillation) or its softmax at --distill-tau")
+    p.add_argument("--distill-tau", type=float, default=1.0, help="temperature of soft distillation")
     return p
 
 
 def setup(args) -> None:
     if args.stop_after is not None and not 1 <= args.stop_after < args.epochs:
         raise SystemExit(f"--stop-after {args.stop_after} must lie between 1 and --epochs - 1 ({args.epochs - 1})")
+    if not 0.0 <= args.distill_weight <= 1.0 or args.distill_tau <= 0:
+        raise SystemExit("--distill-weight must lie in [0, 1] and --distill-tau be > 0")
+    for flag, path, kind in (("--init-from", args.init_from, "file"), ("--teacher", args.teacher, "folder")):
+        if path is not None and not (path.is_file() if kind == "file" else (path / "config.json").is_file()):
+            raise SystemExit(f"{flag} {path}: no such {kind}" + (" with a config.json (an HF model folder)" if kind == "folder" else ""))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -199,6 +213,54 @@ def _jitter(x: torch.Tensor, g: torch.Generator, s: float) -> torch.Tensor:
     x = (x - mean) * factor() + mean  # contrast
     grey = x.mean(dim=1, keepdim=True)
     return (x - grey) * factor() + grey  # saturation
+
+
+# -- initialisation and distillation -------------------------------------------------------------
+def init_weights(args, model: torch.nn.Module) -> None:
+    """Load ``--init-from`` into a fresh run (not on --resume, whose checkpoint holds the newer weights).
+    The recipe in training.json records the path."""
+    if args.init_from is None or (args.resume and (args.run_dir / "last.pt").is_file()):
+        return
+    blob = torch.load(args.init_from, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob["model"] if "model" in blob else blob)  # last.pt holds more than the weights
+    print(f"initialised from {args.init_from}", flush=True)
+
+
+class Distiller:
+    """DeiT-style distillation from a frozen classifier on the very images the student sees.
+
+    ``loss(student_logits, y, teacher_out)``: (1 - w) * CE(student, y) + w * CE(student, teacher
+    target), the target being the teacher's argmax (hard, DeiT's choice: it beat soft distillation
+    there) or its softmax at temperature tau (soft, KL-equivalent up to a constant). Without a
+    teacher it is plain CE with the given label smoothing.
+    """
+
+    def __init__(self, args, label_smoothing: float = 0.0):
+        self.weight = args.distill_weight if args.teacher is not None else 0.0
+        self.kind, self.tau, self.smoothing = args.distill_kind, args.distill_tau, label_smoothing
+        self.teacher = None
+        if args.teacher is not None:
+            from transformers import AutoModelForImageClassification
+
+            self.teacher = AutoModelForImageClassification.from_pretrained(args.teacher, dtype=torch.float32).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad = False
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's logits for the student's (normalised, augmented) batch; None without a teacher."""
+        return None if self.teacher is None else self.teacher(pixel_values=x).logits.float()
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None) -> torch.Tensor:
+        true = F.cross_entropy(logits, y, label_smoothing=self.smoothing)
+        if teacher_logits is None or self.weight == 0:
+            return true
+        if self.kind == "hard":
+            taught = F.cross_entropy(logits, teacher_logits.argmax(dim=1))
+        else:
+            soft = F.softmax(teacher_logits / self.tau, dim=1)
+            taught = F.cross_entropy(logits / self.tau, soft) * self.tau**2
+        return (1 - self.weight) * true + self.weight * taught
 
 
 # -- optimisation --------------------------------------------------------------------------------

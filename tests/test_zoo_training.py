@@ -93,3 +93,84 @@ def test_stop_after_an_epoch_already_done_is_refused(tmp_path):
         _loop(tmp_path / "run", epochs=3, stop_after=2)
     with pytest.raises(SystemExit, match="already past epoch 2"):
         _loop(tmp_path / "run", epochs=3, stop_after=1, resume=True)
+
+
+# -- DeiT-style distillation and --init-from ------------------------------------------------------
+def _distill_args(teacher=None, weight=0.5, kind="hard", tau=1.0, **extra):
+    return SimpleNamespace(teacher=teacher, distill_weight=weight, distill_kind=kind, distill_tau=tau, **extra)
+
+
+def test_without_a_teacher_the_loss_is_plain_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 5, generator=g), torch.arange(6) % 5
+    loss = zt.Distiller(_distill_args(), label_smoothing=0.1).loss(logits, y, None)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_hard_distillation_mixes_true_and_teacher_argmax_labels():
+    g = torch.Generator().manual_seed(1)
+    logits, teacher, y = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g), torch.arange(8) % 5
+    d = zt.Distiller(_distill_args(weight=0.3))
+    d.weight = 0.3  # as with a teacher loaded
+    expected = 0.7 * F.cross_entropy(logits, y) + 0.3 * F.cross_entropy(logits, teacher.argmax(1))
+    torch.testing.assert_close(d.loss(logits, y, teacher), expected)
+
+
+def test_soft_distillation_is_minimised_by_matching_the_teacher():
+    g = torch.Generator().manual_seed(2)
+    teacher, y = 3 * torch.randn(8, 5, generator=g), torch.arange(8) % 5
+    d = zt.Distiller(_distill_args(kind="soft", tau=2.0))
+    d.weight = 1.0
+    at_teacher = teacher.clone().requires_grad_(True)
+    d.loss(at_teacher, y, teacher).backward()
+    assert at_teacher.grad.abs().max() < 1e-6  # stationary at the teacher's logits (KL = 0)
+    elsewhere = d.loss(teacher + torch.randn(8, 5, generator=g), y, teacher)
+    assert elsewhere > d.loss(teacher, y, teacher)
+
+
+def test_teacher_folder_is_loaded_frozen_and_gives_its_logits(tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    net = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                    layer_type="basic", num_labels=5)).eval()
+    net.save_pretrained(tmp_path / "teacher")
+    d = zt.Distiller(_distill_args(teacher=tmp_path / "teacher", weight=0.5))
+    assert d.weight == 0.5 and not d.teacher.training
+    assert not any(p.requires_grad for p in d.teacher.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(d.targets(x), net(pixel_values=x).logits)
+
+
+def _setup_args(tmp_path, **overrides):
+    base = dict(stop_after=None, epochs=3, threads=1, seed=0, run_dir=tmp_path / "run",
+                init_from=None, teacher=None, distill_weight=0.5, distill_tau=1.0)
+    return SimpleNamespace(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"distill_weight": 1.5}, "--distill-weight"),
+    ({"distill_tau": 0.0}, "--distill-tau"),
+    ({"teacher": Path("/nonexistent/teacher")}, "--teacher"),
+    ({"init_from": Path("/nonexistent/epoch001.pt")}, "--init-from"),
+])
+def test_setup_refuses_bad_distillation_and_init_flags(tmp_path, bad, message):
+    with pytest.raises(SystemExit, match=message):
+        zt.setup(_setup_args(tmp_path, **bad))
+
+
+def test_init_from_loads_epoch_or_full_checkpoints_but_not_over_a_resume(tmp_path):
+    source = torch.nn.Linear(3, 2)
+    torch.save(source.state_dict(), tmp_path / "epoch005.pt")
+    torch.save({"model": source.state_dict(), "optimizer": {}}, tmp_path / "last-copy.pt")
+    for path in (tmp_path / "epoch005.pt", tmp_path / "last-copy.pt"):
+        target = torch.nn.Linear(3, 2)
+        zt.init_weights(SimpleNamespace(init_from=path, resume=False, run_dir=tmp_path / "run"), target)
+        torch.testing.assert_close(target.weight, source.weight)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    untouched = torch.nn.Linear(3, 2)
+    before = untouched.weight.detach().clone()
+    zt.init_weights(SimpleNamespace(init_from=tmp_path / "epoch005.pt", resume=True, run_dir=tmp_path / "run"), untouched)
+    torch.testing.assert_close(untouched.weight, before)  # --resume continues from last.pt instead
