@@ -19,13 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Fingerprints of the shipped weights: parameter count, and outputs on a seeded random input
 # (sum over the output and a few entries). Regenerate with `python tests/test_zoo.py` after retraining.
 CHECKSUMS = {
-    "deit-tiny": {"params": 4856776, "sum": -76.1069, "values": [1.5976, 1.0776, 4.2913, 0.8239, 0.3925, 0.7356]},
+    "deit-tiny": {"params": 4856776, "sum": -103.1904, "values": [0.2671, 0.6207, 2.0359, -0.4483, -0.0611, 0.5032]},
     "clip-tiny": {
         "params": 27748225,
-        "image_sum": 5.4969,
-        "image_values": [0.4264, 0.1048, 0.9468, 0.0138, 0.6287, 1.1666],
-        "text_sum": 0.7428,
-        "text_values": [0.0189, -0.0529, 0.0284, -0.0532, 0.1077, -0.0018],
+        "image_sum": 12.8576,
+        "image_values": [-0.1144, 0.1822, 0.9774, -0.2236, 0.7253, 1.0595],
+        "text_sum": 0.9361,
+        "text_values": [0.0192, -0.0311, 0.0269, -0.0337, 0.1071, 0.0078],
     },
 }
 PROMPTS = ["a photo of a goldfish.", "a photo of a school bus."]
