@@ -267,6 +267,11 @@ def test_zoo_clip_export_agrees_on_real_images(tmp_path):
     for got, want in ((img, ref), (txt, ref_txt)):
         cos = _cosine(got, want)
         assert cos.mean() >= 0.999 and cos.min() >= 0.99
-    # zero-shot predictions of the exported model agree with the simulation's
+    # Zero-shot scores agree to 0.02 in cosine, so the predictions agree except at near-ties: an image
+    # whose two best classes the simulation separates by less than twice that may flip (one of 48 did).
     norm = lambda t: t / t.norm(dim=-1, keepdim=True)  # noqa: E731
-    assert ((norm(img) @ norm(txt).T).argmax(-1) == (norm(ref) @ norm(ref_txt).T).argmax(-1)).float().mean() >= 0.99
+    exported, simulated = norm(img) @ norm(txt).T, norm(ref) @ norm(ref_txt).T
+    assert (exported - simulated).abs().max() <= 0.02
+    picked = simulated.gather(1, exported.argmax(-1, keepdim=True)).squeeze(1)
+    assert (picked >= simulated.max(-1).values - 0.04).all()
+    assert (exported.argmax(-1) == simulated.argmax(-1)).float().mean() >= 0.95
