@@ -26,6 +26,11 @@ With ``--refit-epochs N`` a second, cheap stage follows (zero_shot_refit.py): th
 and only the zero-shot head (image pooler, both projections, temperature) is refitted against
 class vectors built from the training templates with each class's primary name, the form the
 evaluation prompts take (the main loss's ensemble also holds the WordNet synonyms).
+
+With ``--teacher FOLDER`` (train_cnn_teacher.py) both heads also learn from a convnet's labels on
+the same augmented batch (DeiT-style distillation, ``--distill-kind/--distill-weight``); with
+``--init-from epochNNN.pt`` a run starts from an earlier run's weights with a fresh schedule, which
+is how the shipped weights got their distilled epochs after the plain ones.
 """
 
 from __future__ import annotations
@@ -250,6 +255,8 @@ def main():
     bank = CaptionBank(model, tokenizer, train.classes, cls_only=args.text_tune != "last")
     optimizer = torch.optim.AdamW(optimizer_groups(args, model), lr=args.lr, fused=True)
     distiller = zt.Distiller(args, args.label_smoothing)
+    if distiller.teacher is not None:
+        extras["teacher"] = distiller.report()
 
     def loss_fn(x, y, g):
         # With --teacher both heads learn from the convnet's labels too (the classes are the same 200).

@@ -238,7 +238,7 @@ class Distiller:
     def __init__(self, args, label_smoothing: float = 0.0):
         self.weight = args.distill_weight if args.teacher is not None else 0.0
         self.kind, self.tau, self.smoothing = args.distill_kind, args.distill_tau, label_smoothing
-        self.teacher = None
+        self.teacher, self.args_teacher = None, args.teacher
         if args.teacher is not None:
             from transformers import AutoModelForImageClassification
 
@@ -246,10 +246,23 @@ class Distiller:
             for p in self.teacher.parameters():
                 p.requires_grad = False
 
+    def report(self) -> dict | None:
+        """What the run's training.json records about the teacher (its own metrics when its run folder has them)."""
+        if self.teacher is None:
+            return None
+        out = {"folder": str(self.args_teacher), "class": type(self.teacher).__name__,
+               "parameters": sum(p.numel() for p in self.teacher.parameters())}
+        run = self.args_teacher.parent / "training.json"  # train_cnn_teacher.py writes final/ beside it
+        if run.is_file():
+            out["metrics"] = json.loads(run.read_text()).get("metrics_fp32")
+        return out
+
     @torch.no_grad()
     def targets(self, x: torch.Tensor) -> torch.Tensor | None:
         """The teacher's logits for the student's (normalised, augmented) batch; None without a teacher."""
-        return None if self.teacher is None else self.teacher(pixel_values=x).logits.float()
+        if self.teacher is None or self.weight == 0:
+            return None
+        return self.teacher(pixel_values=x).logits.float()
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None) -> torch.Tensor:
         true = F.cross_entropy(logits, y, label_smoothing=self.smoothing)

@@ -141,6 +141,9 @@ def test_teacher_folder_is_loaded_frozen_and_gives_its_logits(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(d.targets(x), net(pixel_values=x).logits)
+    assert d.report()["parameters"] == sum(p.numel() for p in net.parameters())
+    d.weight = 0.0  # a teacher that would not count is not run
+    assert d.targets(x) is None
 
 
 def _setup_args(tmp_path, **overrides):
