@@ -443,9 +443,7 @@ def assemble_deit(args, model: Joint, classes):
 
     config = zt.vit_config(
         args,
-        num_labels=len(classes),
-        id2label={i: c.name for i, c in enumerate(classes)},
-        label2id={c.name: i for i, c in enumerate(classes)},
+        **zt.label_maps(classes),
     )
     deit = ViTForImageClassification(config)
     body = {k: v for k, v in model.clip.vision_model.state_dict().items() if not k.startswith("pooler.")}

@@ -26,9 +26,7 @@ def build(args, classes):
         hidden_sizes=[64, 128, 256, 512],
         depths=[2, 2, 2, 2],
         layer_type="basic",
-        num_labels=len(classes),
-        id2label={i: c.name for i, c in enumerate(classes)},
-        label2id={c.name: i for i, c in enumerate(classes)},
+        **zt.label_maps(classes),
     )
     return ResNetForImageClassification(config)
 

@@ -25,9 +25,7 @@ def build(args, classes) -> torch.nn.Module:
 
     config = zt.vit_config(
         args,
-        num_labels=len(classes),
-        id2label={i: c.name for i, c in enumerate(classes)},
-        label2id={c.name: i for i, c in enumerate(classes)},
+        **zt.label_maps(classes),
     )
     return ViTForImageClassification(config)
 

@@ -492,6 +492,12 @@ def vit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=8)
 
 
+def label_maps(classes) -> dict:
+    """The HF classifier config fields for the Tiny ImageNet classes (names from classes.tsv)."""
+    return {"num_labels": len(classes), "id2label": {i: c.name for i, c in enumerate(classes)},
+            "label2id": {c.name: i for i, c in enumerate(classes)}}
+
+
 def vit_config(args, **extra):
     """The ViT of both reference models (``--patch/--width/--depth/--heads``), eager attention."""
     from transformers import ViTConfig
