@@ -254,7 +254,7 @@ def main():
     zt.init_weights(args, model)  # after the text distillation: the checkpoint has the text tower too
     bank = CaptionBank(model, tokenizer, train.classes, cls_only=args.text_tune != "last")
     optimizer = torch.optim.AdamW(optimizer_groups(args, model), lr=args.lr, fused=True)
-    distiller = zt.Distiller(args, args.label_smoothing)
+    distiller = zt.Distiller(args, args.label_smoothing, [c.name for c in train.classes])
     if distiller.teacher is not None:
         extras["teacher"] = distiller.report()
 

@@ -61,7 +61,7 @@ def train_classifier(args, build_model, name: str) -> None:
     val_images, val_labels = zt.decode_uint8(val, desc="decode val")
     model = build_model(args, train.classes)
     zt.init_weights(args, model)
-    distiller = zt.Distiller(args, args.label_smoothing)
+    distiller = zt.Distiller(args, args.label_smoothing, [c.name for c in train.classes])
     optimizer = torch.optim.AdamW(
         zt.param_groups(list(model.named_parameters()), args.lr, args.weight_decay), lr=args.lr, fused=True
     )

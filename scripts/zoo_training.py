@@ -222,7 +222,11 @@ def init_weights(args, model: torch.nn.Module) -> None:
     if args.init_from is None or (args.resume and (args.run_dir / "last.pt").is_file()):
         return
     blob = torch.load(args.init_from, map_location="cpu", weights_only=True)
-    model.load_state_dict(blob["model"] if "model" in blob else blob)  # last.pt holds more than the weights
+    try:
+        model.load_state_dict(blob["model"] if "model" in blob else blob)  # last.pt holds more than the weights
+    except RuntimeError as err:
+        raise SystemExit(f"--init-from {args.init_from} does not fit this model (same --width/--depth/--heads/--patch "
+                         f"and heads as the run that wrote it?): {str(err).splitlines()[0]}") from None
     print(f"initialised from {args.init_from}", flush=True)
 
 
@@ -235,24 +239,36 @@ class Distiller:
     teacher it is plain CE with the given label smoothing.
     """
 
-    def __init__(self, args, label_smoothing: float = 0.0):
+    def __init__(self, args, label_smoothing: float = 0.0, class_names: list[str] | None = None):
         self.weight = args.distill_weight if args.teacher is not None else 0.0
         self.kind, self.tau, self.smoothing = args.distill_kind, args.distill_tau, label_smoothing
-        self.teacher, self.args_teacher = None, args.teacher
+        self.teacher, self.folder = None, args.teacher
         if args.teacher is not None:
             from transformers import AutoModelForImageClassification
 
             self.teacher = AutoModelForImageClassification.from_pretrained(args.teacher, dtype=torch.float32).eval()
             for p in self.teacher.parameters():
                 p.requires_grad = False
+            if class_names is not None:
+                self._check_classes(class_names)
+
+    def _check_classes(self, class_names: list[str]) -> None:
+        """The teacher's logit k must mean the student's class k, or its labels teach nonsense silently."""
+        id2label = self.teacher.config.id2label
+        theirs = [id2label[i] for i in range(len(id2label))]
+        if theirs != list(class_names):
+            first = next((i for i, (a, b) in enumerate(zip(theirs, class_names)) if a != b), min(len(theirs), len(class_names)))
+            raise SystemExit(f"--teacher {self.folder}: its {len(theirs)} classes differ from the {len(class_names)} "
+                             f"training classes (first at index {first}); train it on the same data "
+                             "(scripts/train_cnn_teacher.py)")
 
     def report(self) -> dict | None:
         """What the run's training.json records about the teacher (its own metrics when its run folder has them)."""
         if self.teacher is None:
             return None
-        out = {"folder": str(self.args_teacher), "class": type(self.teacher).__name__,
+        out = {"folder": str(self.folder), "class": type(self.teacher).__name__,
                "parameters": sum(p.numel() for p in self.teacher.parameters())}
-        run = self.args_teacher.parent / "training.json"  # train_cnn_teacher.py writes final/ beside it
+        run = self.folder.parent / "training.json"  # train_cnn_teacher.py writes final/ beside it
         if run.is_file():
             out["metrics"] = json.loads(run.read_text()).get("metrics_fp32")
         return out

@@ -132,10 +132,11 @@ def test_teacher_folder_is_loaded_frozen_and_gives_its_logits(tmp_path):
     from transformers import ResNetConfig, ResNetForImageClassification
 
     torch.manual_seed(0)
-    net = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                                    layer_type="basic", num_labels=5)).eval()
+    names = ["goldfish", "tabby", "bus", "lemon", "acorn"]
+    net = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                                                    num_labels=5, id2label=dict(enumerate(names)))).eval()
     net.save_pretrained(tmp_path / "teacher")
-    d = zt.Distiller(_distill_args(teacher=tmp_path / "teacher", weight=0.5))
+    d = zt.Distiller(_distill_args(teacher=tmp_path / "teacher", weight=0.5), class_names=names)
     assert d.weight == 0.5 and not d.teacher.training
     assert not any(p.requires_grad for p in d.teacher.parameters())
     x = torch.randn(2, 3, 64, 64)
@@ -177,3 +178,23 @@ def test_init_from_loads_epoch_or_full_checkpoints_but_not_over_a_resume(tmp_pat
     before = untouched.weight.detach().clone()
     zt.init_weights(SimpleNamespace(init_from=tmp_path / "epoch005.pt", resume=True, run_dir=tmp_path / "run"), untouched)
     torch.testing.assert_close(untouched.weight, before)  # --resume continues from last.pt instead
+
+
+def test_a_teacher_with_other_classes_is_refused(tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic",
+                          num_labels=3, id2label={0: "goldfish", 1: "bus", 2: "tabby"})
+    ResNetForImageClassification(config).save_pretrained(tmp_path / "teacher")
+    args = _distill_args(teacher=tmp_path / "teacher")
+    with pytest.raises(SystemExit, match="first at index 1"):
+        zt.Distiller(args, class_names=["goldfish", "tabby", "bus"])  # same names, other order
+    with pytest.raises(SystemExit, match="3 classes differ from the 4"):
+        zt.Distiller(args, class_names=["goldfish", "bus", "tabby", "lemon"])
+
+
+def test_init_from_weights_of_another_shape_is_refused_clearly(tmp_path):
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "epoch001.pt")
+    args = SimpleNamespace(init_from=tmp_path / "epoch001.pt", resume=False, run_dir=tmp_path / "run")
+    with pytest.raises(SystemExit, match="does not fit this model"):
+        zt.init_weights(args, torch.nn.Linear(4, 2))
