@@ -97,6 +97,9 @@ def parse():
                    help="after training, refit the zero-shot head on the frozen body (zero_shot_refit.py); 0: none")
     p.add_argument("--refit-views", type=int, default=2, help="augmented views per image cached for the refit")
     p.add_argument("--refit-lr", type=float, default=1e-3)
+    p.add_argument("--refit-target", choices=("primary", "mixed"), default="primary",
+                   help="class vectors of the refit: primary-name captions only, or the mean loss against those and "
+                        "against all captions (the main loss's targets), which keeps the projection closer to them")
     p.add_argument("--deit-weight", type=float, default=1.0, help="weight of the joint deit-tiny classifier loss (0: none)")
     p.add_argument("--compare-limit", type=int, default=2000, help="subset size for the fp32-vs-fp16 comparison")
     p.add_argument("--deit-out", type=Path, default=zt.WEIGHTS_DIR / "deit-tiny")
@@ -281,8 +284,9 @@ def main():
 
 def refit_head(args, model: Joint, bank: CaptionBank, images, labels, aug, quick_eval) -> dict:
     """Stage 2 (zero_shot_refit.py): pooler, projections and temperature against primary-name
-    class vectors, on cached [CLS] features of the frozen body. Deterministic for a seed, so a
-    --resume after training simply runs it again from the trained checkpoint."""
+    class vectors (``--refit-target mixed``: and, with equal weight, against the all-caption
+    ensembles of the main loss), on cached [CLS] features of the frozen body. Deterministic for a
+    seed, so a --resume after training simply runs it again from the trained checkpoint."""
     model.eval()
     feats, ys = zsr.cache_features(lambda x: model.clip.vision_model(pixel_values=x).last_hidden_state[:, :1],
                                    images, labels, aug, args.seed, args.refit_views)
@@ -291,11 +295,13 @@ def refit_head(args, model: Joint, bank: CaptionBank, images, labels, aug, quick
 
     def logits(f):
         scale = model.clip.logit_scale.clamp(max=4.6052).exp()
-        return scale * model.image_head(f) @ bank.class_ensemble(model, primary_only=True).T
+        img = scale * model.image_head(f)
+        primary = img @ bank.class_ensemble(model, primary_only=True).T
+        return primary if args.refit_target == "primary" else (primary, img @ bank.class_ensemble(model).T)
 
     with torch.enable_grad():
         report = zsr.refit(head, logits, feats, ys, args.seed, args.refit_epochs, args.refit_lr, args.batch_size, quick_eval)
-    report.update(views=args.refit_views, images=len(images), features=len(feats))
+    report.update(views=args.refit_views, images=len(images), features=len(feats), target=args.refit_target)
     return report
 
 

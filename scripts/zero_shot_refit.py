@@ -36,10 +36,13 @@ def cache_features(features: Callable[[torch.Tensor], torch.Tensor], images: tor
     return torch.cat(out), labels.repeat(views + 1)
 
 
-def refit(params: list[torch.nn.Parameter], logits: Callable[[torch.Tensor], torch.Tensor],
+def refit(params: list[torch.nn.Parameter], logits: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
           feats: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int, lr: float, batch: int,
           evaluate: Callable[[], dict]) -> dict:
-    """Cross-entropy on ``logits(features)``, AdamW one-cycle over ``params`` only; returns the history."""
+    """Cross-entropy on ``logits(features)``, AdamW one-cycle over ``params`` only; returns the history.
+
+    ``logits`` may return several logit tensors (the same images scored against different class
+    vectors); the loss is then the mean of their cross-entropies."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     steps = len(feats) // batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps, pct_start=0.1)
@@ -51,7 +54,7 @@ def refit(params: list[torch.nn.Parameter], logits: Callable[[torch.Tensor], tor
         total = 0.0
         for step in tqdm(range(steps), desc=f"refit epoch {epoch + 1}/{epochs}", mininterval=10, leave=False):
             idx = order[step * batch : (step + 1) * batch]
-            loss = F.cross_entropy(logits(feats[idx]), labels[idx])
+            loss = mean_cross_entropy(logits(feats[idx]), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -60,3 +63,8 @@ def refit(params: list[torch.nn.Parameter], logits: Callable[[torch.Tensor], tor
         history.append({"epoch": epoch + 1, "loss": round(total / steps, 4), **evaluate()})
         print("refit", history[-1], flush=True)
     return {"epochs": epochs, "lr": lr, "batch": batch, "history": history}
+
+
+def mean_cross_entropy(logits: torch.Tensor | tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+    parts = (logits,) if isinstance(logits, torch.Tensor) else logits
+    return torch.stack([F.cross_entropy(part, labels) for part in parts]).mean()

@@ -51,6 +51,27 @@ def test_refit_trains_only_the_head_and_lowers_the_loss():
     assert report["history"][-1]["loss"] < report["history"][1]["loss"]
 
 
+def test_refit_with_several_class_vector_sets_minimises_their_mean_cross_entropy():
+    feats, labels, body, head, text, logits = _problem(0)
+    other = torch.randn(5, 12, generator=torch.Generator().manual_seed(7))
+
+    def both(f):
+        return logits(f), 10 * F.normalize(head(body(f)), dim=-1) @ F.normalize(text(other), dim=-1).T
+
+    with torch.no_grad():
+        first, second = both(feats)
+        expected = (F.cross_entropy(first, labels) + F.cross_entropy(second, labels)) / 2
+        assert torch.allclose(zsr.mean_cross_entropy((first, second), labels), expected)
+        assert torch.allclose(zsr.mean_cross_entropy(first, labels), F.cross_entropy(first, labels))
+        before = zsr.mean_cross_entropy(both(feats), labels).item()
+    report = zsr.refit([*head.parameters(), *text.parameters()], both, feats, labels, 0, epochs=8, lr=1e-2,
+                       batch=50, evaluate=lambda: {})
+    with torch.no_grad():
+        after = zsr.mean_cross_entropy(both(feats), labels).item()
+    assert after < 0.5 * before, (before, after)
+    assert report["history"][-1]["loss"] < report["history"][1]["loss"]
+
+
 def test_refit_is_reproducible_for_a_seed():
     *_, head_a = _run(seed=3)
     *_, head_b = _run(seed=3)
