@@ -277,7 +277,8 @@ def main():
         return quick_metrics(model, tokenizer, quick)
 
     aug = zt.aug_config(args)
-    state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug, frozen=(model.clip.text_model,))
+    state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug, frozen=(model.clip.text_model,),
+                          num_classes=len(train.classes))
     if args.refit_epochs > 0:
         extras["zero_shot_refit"] = refit_head(args, model, bank, images, labels, aug, quick_eval)
     finish(args, model, tokenizer, train.classes, state, aug, time.time() - t0, len(train), extras)

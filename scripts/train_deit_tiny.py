@@ -78,7 +78,7 @@ def train_classifier(args, build_model, name: str) -> None:
         return {"val1000_" + k: v for k, v in zt.topk(logits, val_labels).items()}
 
     aug = zt.aug_config(args)
-    state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug)
+    state = zt.train_loop(args, model, optimizer, images, labels, loss_fn, quick_eval, aug, num_classes=len(train.classes))
     finish(args, model, state, aug, time.time() - t0, len(train), name)
 
 

@@ -80,7 +80,7 @@ def test_refit_is_reproducible_for_a_seed():
     assert not torch.equal(head_a.weight, head_c.weight)
 
 
-def _loop(run_dir: Path, epochs: int, stop_after=None, resume=False):
+def _loop(run_dir: Path, epochs: int, stop_after=None, resume=False, mixup=0.0, cutmix=0.0):
     """train_loop on a tiny classifier of random uint8 images; returns the final weights."""
     run_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -90,23 +90,26 @@ def _loop(run_dir: Path, epochs: int, stop_after=None, resume=False):
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     args = SimpleNamespace(batch_size=8, epochs=epochs, warmup=1.0, cooldown=0.5, run_dir=run_dir, resume=resume,
-                           seed=0, low_res=32, low_res_epochs=1, stop_after=stop_after)
+                           seed=0, low_res=32, low_res_epochs=1, stop_after=stop_after, mixup=mixup, cutmix=cutmix, mix_p=1.0)
 
     def loss_fn(x, y, _g):
         return F.cross_entropy(model(x).float(), y)
 
-    zt.train_loop(args, model, optimizer, images, labels, loss_fn, lambda: {}, zt.AugConfig())
+    zt.train_loop(args, model, optimizer, images, labels, loss_fn, lambda: {}, zt.AugConfig(), num_classes=4)
     return model[2].weight.detach().clone()
 
 
-def test_stop_after_then_resume_equals_an_uninterrupted_run(tmp_path):
-    straight = _loop(tmp_path / "straight", epochs=3)
+@pytest.mark.parametrize("mixing", [dict(), dict(mixup=0.8, cutmix=1.0)])
+def test_stop_after_then_resume_equals_an_uninterrupted_run(tmp_path, mixing):
+    straight = _loop(tmp_path / "straight", epochs=3, **mixing)
     with pytest.raises(SystemExit) as stop:
-        _loop(tmp_path / "split", epochs=3, stop_after=1)
+        _loop(tmp_path / "split", epochs=3, stop_after=1, **mixing)
     assert stop.value.code == 0
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["state"]["epoch"] == 1
-    resumed = _loop(tmp_path / "split", epochs=3, resume=True)
+    resumed = _loop(tmp_path / "split", epochs=3, resume=True, **mixing)
     torch.testing.assert_close(resumed, straight)
+    if mixing:  # mixing changes the run
+        assert not torch.allclose(straight, _loop(tmp_path / "plain", epochs=3))
 
 
 def test_stop_after_an_epoch_already_done_is_refused(tmp_path):
@@ -170,7 +173,7 @@ def test_teacher_folder_is_loaded_frozen_and_gives_its_logits(tmp_path):
 
 def _setup_args(tmp_path, **overrides):
     base = dict(stop_after=None, epochs=3, threads=1, seed=0, run_dir=tmp_path / "run",
-                init_from=None, teacher=None, distill_weight=0.5, distill_tau=1.0)
+                init_from=None, teacher=None, distill_weight=0.5, distill_tau=1.0, mixup=0.0, cutmix=0.0, mix_p=1.0)
     return SimpleNamespace(**{**base, **overrides})
 
 
@@ -219,3 +222,42 @@ def test_init_from_weights_of_another_shape_is_refused_clearly(tmp_path):
     args = SimpleNamespace(init_from=tmp_path / "epoch001.pt", resume=False, run_dir=tmp_path / "run")
     with pytest.raises(SystemExit, match="does not fit this model"):
         zt.init_weights(args, torch.nn.Linear(4, 2))
+
+
+def _constant_images(n: int) -> torch.Tensor:
+    """Image i is filled with the value i, so a mixed image's mean says how much of whom it holds."""
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 8, 8).clone()
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixed_targets_match_what_the_mixed_images_hold(mixup, cutmix):
+    x, y = _constant_images(16), torch.arange(16)
+    for seed in range(6):
+        mixed, target = zt.mix_batch(x, y, torch.Generator().manual_seed(seed), 16, mixup, cutmix, p=1.0)
+        assert mixed.shape == x.shape and target.shape == (16, 16)
+        torch.testing.assert_close(target.sum(1), torch.ones(16))
+        # Class k's image holds the value k: the target's expectation is the mixed image's mean.
+        torch.testing.assert_close(mixed.mean(dim=(1, 2, 3)), target @ torch.arange(16.0))
+        if cutmix > 0 and mixup == 0:  # CutMix pastes whole pixels: only the two images' values occur
+            assert all(len(row.unique()) <= 2 for row in mixed.flatten(1))
+
+
+def test_mixing_is_deterministic_off_by_default_and_skippable():
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
+    a = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.8, 1.0, p=1.0)
+    b = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.8, 1.0, p=1.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    same_x, same_y = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.0, 0.0, p=1.0)
+    assert same_x is x and same_y is y
+    kept_x, onehot = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.8, 1.0, p=0.0)
+    assert torch.equal(kept_x, x) and torch.equal(onehot, F.one_hot(y, 4).float())
+    # Probability targets go through the distillation loss like class indices.
+    logits = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    d = zt.Distiller(_distill_args())
+    torch.testing.assert_close(d.loss(logits, onehot, None), d.loss(logits, y, None))
+
+
+@pytest.mark.parametrize("bad", [dict(mixup=-0.1), dict(cutmix=-1.0), dict(mix_p=1.5)])
+def test_setup_refuses_bad_mixing_flags(tmp_path, bad):
+    with pytest.raises(SystemExit, match="--mixup"):
+        zt.setup(_setup_args(tmp_path, **bad))
