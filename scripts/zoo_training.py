@@ -193,14 +193,15 @@ def _crop_flip(x: torch.Tensor, g: torch.Generator, cfg: AugConfig) -> torch.Ten
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def mix_batch(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, num_classes: int, mixup: float,
+def mix_batch(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, num_classes: int | None, mixup: float,
               cutmix: float, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup / CutMix (as in DeiT's recipe) of a batch with a shuffled copy of itself.
 
     Returns the images and, whenever mixing is on, probability targets (``lam`` on an image's own
     class, ``1 - lam`` on its partner's), which ``F.cross_entropy`` takes like class indices; a
     teacher then labels the mixed images themselves. With both off, ``x`` and ``y`` come back as
-    they are. All draws come from ``g``, so a run stays deterministic.
+    they are and ``g`` is not touched, so runs without mixing draw exactly what they drew before
+    these flags existed. All draws come from ``g``, so a run stays deterministic.
     """
     if mixup <= 0 and cutmix <= 0:
         return x, y
@@ -412,7 +413,7 @@ def train_loop(
         for step in bar:
             idx = order[step * args.batch_size : (step + 1) * args.batch_size]
             x = augment(images[idx], g, aug, size)
-            x, y = mix_batch(x, labels[idx], g, num_classes or 0, args.mixup, args.cutmix, args.mix_p)
+            x, y = mix_batch(x, labels[idx], g, num_classes, args.mixup, args.cutmix, args.mix_p)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = loss_fn(x, y, g)
             optimizer.zero_grad(set_to_none=True)

@@ -247,8 +247,11 @@ def test_mixing_is_deterministic_off_by_default_and_skippable():
     a = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.8, 1.0, p=1.0)
     b = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.8, 1.0, p=1.0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    same_x, same_y = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.0, 0.0, p=1.0)
+    untouched = torch.Generator().manual_seed(5)
+    same_x, same_y = zt.mix_batch(x, y, untouched, 4, 0.0, 0.0, p=1.0)
     assert same_x is x and same_y is y
+    # Off, no draw is taken: the documented runs without mixing replay exactly as before.
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(5).get_state())
     kept_x, onehot = zt.mix_batch(x, y, torch.Generator().manual_seed(5), 4, 0.8, 1.0, p=0.0)
     assert torch.equal(kept_x, x) and torch.equal(onehot, F.one_hot(y, 4).float())
     # Probability targets go through the distillation loss like class indices.
