@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import drop_path
 import text_pooler_distill as td
 import zero_shot_refit as zsr
 import zoo_training as zt
@@ -127,6 +128,7 @@ class Joint(torch.nn.Module):
         from transformers import BertModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel, ViTModel
 
         vision = ViTModel(zt.vit_config(args), add_pooling_layer=True)
+        drop_path.add_drop_path(vision.layers, args.drop_path)
         text = BertModel.from_pretrained(text_dir(), attn_implementation="eager", add_pooling_layer=True)
         config = VisionTextDualEncoderConfig.from_vision_text_configs(vision.config, text.config, projection_dim=args.proj_dim)
         self.clip = VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)

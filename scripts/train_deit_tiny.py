@@ -16,6 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import drop_path
 import zoo_training as zt
 from vitq.data import ImageFolder
 
@@ -27,7 +28,9 @@ def build(args, classes) -> torch.nn.Module:
         args,
         **zt.label_maps(classes),
     )
-    return ViTForImageClassification(config)
+    model = ViTForImageClassification(config)
+    drop_path.add_drop_path(model.vit.layers, args.drop_path)
+    return model
 
 
 def parse():

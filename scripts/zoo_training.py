@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import drop_path
 from vitq.data import ImageFolder, data_path
 
 IMAGE_SIZE = 64
@@ -86,6 +87,8 @@ def setup(args) -> None:
         raise SystemExit("--distill-weight must lie in [0, 1] and --distill-tau be > 0")
     if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.mix_p <= 1.0:
         raise SystemExit("--mixup and --cutmix must be >= 0 (0: off) and --mix-p lie in [0, 1]")
+    if not 0.0 <= getattr(args, "drop_path", 0.0) < 1.0:
+        raise SystemExit("--drop-path must lie in [0, 1) (0: off; DeiT-Ti uses 0.1)")
     for flag, path, kind in (("--init-from", args.init_from, "file"), ("--teacher", args.teacher, "folder")):
         if path is not None and not (path.is_file() if kind == "file" else (path / "config.json").is_file()):
             raise SystemExit(f"{flag} {path}: no such {kind}" + (" with a config.json (an HF model folder)" if kind == "folder" else ""))
@@ -403,6 +406,7 @@ def train_loop(
                              "drop --stop-after or give a later epoch")
     for epoch in range(state["epoch"], args.epochs):
         g = epoch_generator(args.seed, epoch)
+        drop_path.use_generator(model, g)
         order = torch.randperm(len(images), generator=g)
         size = args.low_res if epoch < args.low_res_epochs else IMAGE_SIZE
         model.train()
@@ -551,6 +555,8 @@ def vit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--drop-path", type=float, default=0.0,
+                   help="stochastic depth: the last block's branch-drop rate, linear from 0 at the first (DeiT-Ti: 0.1)")
 
 
 def label_maps(classes) -> dict:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import drop_path as dp  # noqa: E402
 import zero_shot_refit as zsr  # noqa: E402
 import zoo_training as zt  # noqa: E402
 
@@ -80,14 +81,14 @@ def test_refit_is_reproducible_for_a_seed():
     assert not torch.equal(head_a.weight, head_c.weight)
 
 
-def _loop(run_dir: Path, epochs: int, stop_after=None, resume=False, mixup=0.0, cutmix=0.0):
+def _loop(run_dir: Path, epochs: int, stop_after=None, resume=False, mixup=0.0, cutmix=0.0, drop_path=0.0):
     """train_loop on a tiny classifier of random uint8 images; returns the final weights."""
     run_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 3, 64, 64), dtype=torch.uint8, generator=g)
     labels = torch.arange(4).repeat(8)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 4))
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), dp.DropPath(drop_path), torch.nn.Linear(48, 4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     args = SimpleNamespace(batch_size=8, epochs=epochs, warmup=1.0, cooldown=0.5, run_dir=run_dir, resume=resume,
                            seed=0, low_res=32, low_res_epochs=1, stop_after=stop_after, mixup=mixup, cutmix=cutmix, mix_p=1.0)
@@ -96,10 +97,10 @@ def _loop(run_dir: Path, epochs: int, stop_after=None, resume=False, mixup=0.0, 
         return F.cross_entropy(model(x).float(), y)
 
     zt.train_loop(args, model, optimizer, images, labels, loss_fn, lambda: {}, zt.AugConfig(), num_classes=4)
-    return model[2].weight.detach().clone()
+    return model[-1].weight.detach().clone()
 
 
-@pytest.mark.parametrize("mixing", [dict(), dict(mixup=0.8, cutmix=1.0)])
+@pytest.mark.parametrize("mixing", [dict(), dict(mixup=0.8, cutmix=1.0), dict(drop_path=0.5)])
 def test_stop_after_then_resume_equals_an_uninterrupted_run(tmp_path, mixing):
     straight = _loop(tmp_path / "straight", epochs=3, **mixing)
     with pytest.raises(SystemExit) as stop:
@@ -108,7 +109,7 @@ def test_stop_after_then_resume_equals_an_uninterrupted_run(tmp_path, mixing):
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["state"]["epoch"] == 1
     resumed = _loop(tmp_path / "split", epochs=3, resume=True, **mixing)
     torch.testing.assert_close(resumed, straight)
-    if mixing:  # mixing changes the run
+    if mixing:  # mixing / drop path changes the run
         assert not torch.allclose(straight, _loop(tmp_path / "plain", epochs=3))
 
 
@@ -182,6 +183,8 @@ def _setup_args(tmp_path, **overrides):
     ({"distill_tau": 0.0}, "--distill-tau"),
     ({"teacher": Path("/nonexistent/teacher")}, "--teacher"),
     ({"init_from": Path("/nonexistent/epoch001.pt")}, "--init-from"),
+    ({"drop_path": 1.0}, "--drop-path"),
+    ({"drop_path": -0.1}, "--drop-path"),
 ])
 def test_setup_refuses_bad_distillation_and_init_flags(tmp_path, bad, message):
     with pytest.raises(SystemExit, match=message):
