@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.preprocess import image_size_of
+from ..errors import ModelError
+from ..models.families import family_of, size_group_of
 from .features import device_of, is_dual_encoder
 
 FULL_BITS = 32
@@ -45,14 +48,23 @@ def folder_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def component_of(name: str) -> str:
-    """``image``, ``text`` or ``heads`` (projections, classifier, logit scale) for a parameter name."""
+def _guess_group(name: str) -> str:
+    """For modules of no supported family: ``image``, ``text`` or ``heads`` guessed from the name."""
     top = name.split(".")[0].lower()
     if "projection" in top or top in ("classifier", "head", "heads", "fc", "logit_scale", "logit_bias"):
         return "heads"
     if "text" in top:
         return "text"
     return "image"
+
+
+def size_grouper(model) -> Callable[[str], str]:
+    """Parameter name -> ``image``, ``text`` or ``heads``: from the model's family (models/families.py)."""
+    try:
+        family = family_of(model)
+    except ModelError:
+        return _guess_group
+    return lambda name: size_group_of(family, name)
 
 
 def model_size(model) -> dict:
@@ -62,6 +74,7 @@ def model_size(model) -> dict:
     the full-precision model.
     """
     components: dict[str, dict] = {}
+    group_of = size_grouper(model)
     overhead_bits = 0
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -78,7 +91,7 @@ def model_size(model) -> dict:
             bits = quantizer_bits(getattr(module, "weight_quantizer", None)) if param_name == "weight" else FULL_BITS
             if _is_dynamic_int8(param):
                 bits = 8  # the dynamic method's torchao int8 weights
-            entry = components.setdefault(component_of(full), {"params": 0, "bits": 0})
+            entry = components.setdefault(group_of(full), {"params": 0, "bits": 0})
             entry["params"] += param.numel()
             entry["bits"] += param.numel() * bits
     out = {}

@@ -84,11 +84,16 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Family:
-    """A supported model family: its classes, components (module-name prefixes) and encoders."""
+    """A supported model family: its classes, components (module-name prefixes) and encoders.
+
+    ``heads``: name prefixes of the task heads (projections, classifiers, logit scale), which size
+    reports count apart from the towers.
+    """
 
     name: str
     classes: tuple[str, ...]
     components: dict[str, tuple[str, ...]]
+    heads: tuple[str, ...] = ()
 
     def encode_image(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         if hasattr(model, "get_image_features"):
@@ -114,14 +119,17 @@ _DUAL = {"image": ("vision_model", "visual_projection"), "text": ("text_model", 
 _IMAGE_ONLY = {"image": ("",)}
 _TEXT_ONLY = {"text": ("",)}
 
+_DUAL_HEADS = ("visual_projection", "text_projection", "logit_scale", "logit_bias")
+
 FAMILIES: tuple[Family, ...] = (
-    Family("clip", ("CLIPModel",), _DUAL),
-    Family("vision-text-dual-encoder", ("VisionTextDualEncoderModel",), _DUAL),
-    Family("clip-vision", ("CLIPVisionModel", "CLIPVisionModelWithProjection"), _IMAGE_ONLY),
-    Family("clip-text", ("CLIPTextModel", "CLIPTextModelWithProjection"), _TEXT_ONLY),
-    Family("vit", ("ViTModel", "ViTForImageClassification"), _IMAGE_ONLY),
-    Family("deit", ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"), _IMAGE_ONLY),
-    Family("swin", ("SwinModel", "SwinForImageClassification"), _IMAGE_ONLY),
+    Family("clip", ("CLIPModel",), _DUAL, _DUAL_HEADS),
+    Family("vision-text-dual-encoder", ("VisionTextDualEncoderModel",), _DUAL, _DUAL_HEADS),
+    Family("clip-vision", ("CLIPVisionModel", "CLIPVisionModelWithProjection"), _IMAGE_ONLY, ("visual_projection",)),
+    Family("clip-text", ("CLIPTextModel", "CLIPTextModelWithProjection"), _TEXT_ONLY, ("text_projection",)),
+    Family("vit", ("ViTModel", "ViTForImageClassification"), _IMAGE_ONLY, ("classifier",)),
+    Family("deit", ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"), _IMAGE_ONLY,
+           ("classifier", "cls_classifier", "distillation_classifier")),
+    Family("swin", ("SwinModel", "SwinForImageClassification"), _IMAGE_ONLY, ("classifier",)),
     Family("bert", ("BertModel",), _TEXT_ONLY),
 )
 
@@ -140,10 +148,20 @@ def family_of(model: nn.Module) -> Family:
     )
 
 
+def _under(name: str, prefix: str) -> bool:
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
 def component_of(family: Family, module_name: str) -> str | None:
     """Which component (image, text) a module belongs to, by its name."""
     for comp, prefixes in family.components.items():
-        for p in prefixes:
-            if p == "" or module_name == p or module_name.startswith(p + "."):
-                return comp
+        if any(_under(module_name, p) for p in prefixes):
+            return comp
     return None
+
+
+def size_group_of(family: Family, param_name: str) -> str:
+    """``heads`` for a task head's parameter, else its component (image, text); what is in neither is a head."""
+    if any(_under(param_name, p) for p in family.heads):
+        return "heads"
+    return component_of(family, param_name) or "heads"
