@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import drop_path
+from rand_augment import rand_augment
 from vitq.data import ImageFolder, data_path
 
 IMAGE_SIZE = 64
@@ -75,6 +76,9 @@ def common_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--distill-tau", type=float, default=1.0, help="temperature of soft distillation")
     p.add_argument("--mixup", type=float, default=0.0, help="Beta(a, a) of mixup (DeiT: 0.8); 0: off")
     p.add_argument("--cutmix", type=float, default=0.0, help="Beta(a, a) of CutMix (DeiT: 1.0); 0: off")
+    p.add_argument("--randaug", type=int, default=0, help="RandAugment operations per image (DeiT: 2); 0: off")
+    p.add_argument("--randaug-m", type=float, default=9.0, help="RandAugment magnitude, 0-10 (DeiT: 9)")
+    p.add_argument("--randaug-mstd", type=float, default=0.5, help="per-image std of the magnitude (DeiT: 0.5)")
     p.add_argument("--mix-p", type=float, default=1.0,
                    help="probability that a batch is mixed (mixup or CutMix, half each when both are on)")
     return p
@@ -87,6 +91,8 @@ def setup(args) -> None:
         raise SystemExit("--distill-weight must lie in [0, 1] and --distill-tau be > 0")
     if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.mix_p <= 1.0:
         raise SystemExit("--mixup and --cutmix must be >= 0 (0: off) and --mix-p lie in [0, 1]")
+    if args.randaug < 0 or not 0.0 <= args.randaug_m <= 10.0 or args.randaug_mstd < 0:
+        raise SystemExit("--randaug must be >= 0 (0: off), --randaug-m lie in [0, 10] and --randaug-mstd be >= 0")
     if not 0.0 <= getattr(args, "drop_path", 0.0) < 1.0:
         raise SystemExit("--drop-path must lie in [0, 1) (0: off; DeiT-Ti uses 0.1)")
     for flag, path, kind in (("--init-from", args.init_from, "file"), ("--teacher", args.teacher, "folder")):
@@ -115,7 +121,8 @@ def environment() -> dict:
 
 # -- data ----------------------------------------------------------------------------------------
 def aug_config(args) -> "AugConfig":
-    return AugConfig(scale=(args.crop_scale, 1.0), lowres_p=args.lowres_p, jitter=args.jitter)
+    return AugConfig(scale=(args.crop_scale, 1.0), lowres_p=args.lowres_p, jitter=args.jitter,
+                     randaug_ops=args.randaug, randaug_magnitude=args.randaug_m, randaug_std=args.randaug_mstd)
 
 
 def tiny_imagenet_train() -> Path:
@@ -160,15 +167,20 @@ class AugConfig:
     flip: float = 0.5
     lowres_p: float = 0.3  # simulate 32-px (CIFAR-like) and 16-px inputs: down, then back up
     jitter: float = 0.3  # brightness / contrast / saturation strength
+    randaug_ops: int = 0  # RandAugment operations per image (DeiT: 2); 0: off
+    randaug_magnitude: float = 9.0  # 0-10 scale
+    randaug_std: float = 0.5  # per-image spread of the magnitude
 
 
 def augment(x: torch.Tensor, g: torch.Generator, cfg: AugConfig, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """Random resized crop + flip (one affine grid_sample), low-res round trip, colour jitter.
+    """Random resized crop + flip (one affine grid_sample), RandAugment, low-res round trip, colour jitter.
 
     ``size`` < 64 gives the cheap early-epoch inputs (progressive resizing: 4x fewer tokens at 32 px).
     """
     x = x.float() / 255.0
     x = _crop_flip(x, g, cfg)
+    if cfg.randaug_ops > 0:  # no draws when off: earlier runs replay unchanged
+        x = rand_augment(x, g, cfg.randaug_ops, cfg.randaug_magnitude, cfg.randaug_std)
     x = _lowres(x, g, cfg.lowres_p)
     x = _jitter(x, g, cfg.jitter)
     if size != x.shape[-1]:

@@ -174,7 +174,8 @@ def test_teacher_folder_is_loaded_frozen_and_gives_its_logits(tmp_path):
 
 def _setup_args(tmp_path, **overrides):
     base = dict(stop_after=None, epochs=3, threads=1, seed=0, run_dir=tmp_path / "run",
-                init_from=None, teacher=None, distill_weight=0.5, distill_tau=1.0, mixup=0.0, cutmix=0.0, mix_p=1.0)
+                init_from=None, teacher=None, distill_weight=0.5, distill_tau=1.0, mixup=0.0, cutmix=0.0, mix_p=1.0,
+                randaug=0, randaug_m=9.0, randaug_mstd=0.5)
     return SimpleNamespace(**{**base, **overrides})
 
 
@@ -185,6 +186,8 @@ def _setup_args(tmp_path, **overrides):
     ({"init_from": Path("/nonexistent/epoch001.pt")}, "--init-from"),
     ({"drop_path": 1.0}, "--drop-path"),
     ({"drop_path": -0.1}, "--drop-path"),
+    ({"randaug": -1}, "--randaug"),
+    ({"randaug_m": 11.0}, "--randaug"),
 ])
 def test_setup_refuses_bad_distillation_and_init_flags(tmp_path, bad, message):
     with pytest.raises(SystemExit, match=message):
