@@ -79,6 +79,8 @@ def common_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--randaug", type=int, default=0, help="RandAugment operations per image (DeiT: 2); 0: off")
     p.add_argument("--randaug-m", type=float, default=9.0, help="RandAugment magnitude, 0-10 (DeiT: 9)")
     p.add_argument("--randaug-mstd", type=float, default=0.5, help="per-image std of the magnitude (DeiT: 0.5)")
+    p.add_argument("--repeat-aug", type=int, default=1,
+                   help="repeated augmentation: each epoch shows 1/K of the images K times each (DeiT: 3); 1: off")
     p.add_argument("--mix-p", type=float, default=1.0,
                    help="probability that a batch is mixed (mixup or CutMix, half each when both are on)")
     return p
@@ -93,6 +95,8 @@ def setup(args) -> None:
         raise SystemExit("--mixup and --cutmix must be >= 0 (0: off) and --mix-p lie in [0, 1]")
     if args.randaug < 0 or not 0.0 <= args.randaug_m <= 10.0 or args.randaug_mstd < 0:
         raise SystemExit("--randaug must be >= 0 (0: off), --randaug-m lie in [0, 10] and --randaug-mstd be >= 0")
+    if args.repeat_aug < 1:
+        raise SystemExit("--repeat-aug must be >= 1 (1: off; DeiT uses 3)")
     if not 0.0 <= getattr(args, "drop_path", 0.0) < 1.0:
         raise SystemExit("--drop-path must lie in [0, 1) (0: off; DeiT-Ti uses 0.1)")
     for flag, path, kind in (("--init-from", args.init_from, "file"), ("--teacher", args.teacher, "folder")):
@@ -108,6 +112,16 @@ def setup(args) -> None:
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """One generator per epoch: the data order and augmentation depend only on (seed, epoch)."""
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def epoch_order(n: int, g: torch.Generator, repeats: int = 1) -> torch.Tensor:
+    """The epoch's image order. ``repeats`` > 1 is DeiT's repeated augmentation: n / repeats images,
+    each ``repeats`` times in a row (so in the same batch, augmented independently); the epoch keeps
+    its length."""
+    order = torch.randperm(n, generator=g)
+    if repeats <= 1:
+        return order
+    return order[: math.ceil(n / repeats)].repeat_interleave(repeats)[:n]
 
 
 def environment() -> dict:
@@ -419,7 +433,7 @@ def train_loop(
     for epoch in range(state["epoch"], args.epochs):
         g = epoch_generator(args.seed, epoch)
         drop_path.use_generator(model, g)
-        order = torch.randperm(len(images), generator=g)
+        order = epoch_order(len(images), g, getattr(args, "repeat_aug", 1))
         size = args.low_res if epoch < args.low_res_epochs else IMAGE_SIZE
         model.train()
         for module in frozen:

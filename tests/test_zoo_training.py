@@ -175,7 +175,7 @@ def test_teacher_folder_is_loaded_frozen_and_gives_its_logits(tmp_path):
 def _setup_args(tmp_path, **overrides):
     base = dict(stop_after=None, epochs=3, threads=1, seed=0, run_dir=tmp_path / "run",
                 init_from=None, teacher=None, distill_weight=0.5, distill_tau=1.0, mixup=0.0, cutmix=0.0, mix_p=1.0,
-                randaug=0, randaug_m=9.0, randaug_mstd=0.5)
+                randaug=0, randaug_m=9.0, randaug_mstd=0.5, repeat_aug=1)
     return SimpleNamespace(**{**base, **overrides})
 
 
@@ -188,6 +188,7 @@ def _setup_args(tmp_path, **overrides):
     ({"drop_path": -0.1}, "--drop-path"),
     ({"randaug": -1}, "--randaug"),
     ({"randaug_m": 11.0}, "--randaug"),
+    ({"repeat_aug": 0}, "--repeat-aug"),
 ])
 def test_setup_refuses_bad_distillation_and_init_flags(tmp_path, bad, message):
     with pytest.raises(SystemExit, match=message):
@@ -270,3 +271,12 @@ def test_mixing_is_deterministic_off_by_default_and_skippable():
 def test_setup_refuses_bad_mixing_flags(tmp_path, bad):
     with pytest.raises(SystemExit, match="--mixup"):
         zt.setup(_setup_args(tmp_path, **bad))
+
+
+def test_repeated_augmentation_order():
+    plain = zt.epoch_order(100, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, torch.randperm(100, generator=torch.Generator().manual_seed(0)))  # unchanged
+    rep = zt.epoch_order(100, torch.Generator().manual_seed(0), repeats=3)
+    assert len(rep) == 100 and len(rep.unique()) == 34
+    assert torch.equal(rep[:99].view(33, 3), rep[:99:3, None].expand(33, 3))  # copies sit side by side
+    torch.testing.assert_close(rep[::3], plain[:34])
