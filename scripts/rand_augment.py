@@ -65,10 +65,9 @@ def equalize(x, level, sign):
     hist = torch.zeros(n * c, 256).scatter_add_(1, v, torch.ones_like(v, dtype=torch.float))
     cdf = hist.cumsum(1)
     cdf_min = cdf.gather(1, v.min(dim=1, keepdim=True).values)
-    span = (h * w - cdf_min).clamp_min(1)
-    lut = ((cdf - cdf_min) / span).clamp(0, 1)
+    lut = ((cdf - cdf_min) / (h * w - cdf_min).clamp_min(1)).clamp(0, 1)
     out = lut.gather(1, v).view(n, c, h, w)
-    constant = (span <= 1).view(n, c, 1, 1)  # nothing to spread
+    constant = (cdf_min >= h * w).view(n, c, 1, 1)  # one value only: nothing to spread
     return torch.where(constant, x, out)
 
 

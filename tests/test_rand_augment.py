@@ -61,6 +61,10 @@ def test_solarize_posterize_autocontrast_equalize():
     dark = (rank.float() / 255).view(1, 3, 8, 8)
     eq = ra.equalize(dark, _full(1, 0.0), _full(1, 1.0))
     torch.testing.assert_close(eq, (rank.float() / 63).view(1, 3, 8, 8))
+    one_bright = torch.full((1, 3, 8, 8), 0.3)
+    one_bright[..., 0, 0] = 0.6  # two levels, one pixel above: stretched to 0 and 1
+    eq2 = ra.equalize(one_bright, _full(1, 0.0), _full(1, 1.0))
+    torch.testing.assert_close(eq2, (one_bright > 0.5).float())
     constant = torch.full((1, 3, 8, 8), 0.3)
     torch.testing.assert_close(ra.equalize(constant, _full(1, 0.0), _full(1, 1.0)), constant)
     torch.testing.assert_close(ra.autocontrast(constant, _full(1, 0.0), _full(1, 1.0)), constant)
