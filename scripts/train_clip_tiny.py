@@ -95,7 +95,8 @@ def parse():
     p.add_argument("--text-target", choices=("caption", "ensemble"), default="caption",
                    help="per class and step: one sampled caption, or the mean embedding of all its captions (needs --text-tune pooler or distilled)")
     p.add_argument("--refit-epochs", type=int, default=0,
-                   help="after training, refit the zero-shot head on the frozen body (zero_shot_refit.py); 0: none")
+                   help="after training, refit the zero-shot head on the frozen body (zero_shot_refit.py); 0: none "
+                        "(shipped clip-tiny: 1; 4 epochs scored lower on held-out CIFAR-10 images and on both test sets)")
     p.add_argument("--refit-views", type=int, default=2, help="augmented views per image cached for the refit")
     p.add_argument("--refit-lr", type=float, default=1e-3)
     p.add_argument("--refit-target", choices=("primary", "mixed"), default="primary",

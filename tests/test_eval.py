@@ -296,11 +296,13 @@ def test_model_size_per_component_and_disk_bytes(tmp_path):
     assert folder_bytes(tmp_path / "saved") == sum(f.stat().st_size for f in files) > params * 4
 
 
-
-@pytest.mark.parametrize("cls", ["CLIPModel", "CLIPVisionModelWithProjection", "CLIPTextModel", "ViTModel",
-                                 "ViTForImageClassification", "DeiTForImageClassification", "BertModel",
-                                 "VisionTextDualEncoderModel"])
-def test_model_size_groups_parameters_by_the_models_family(models, cls):
+# The models with a task head (projection, classifier or logit scale) and those without one.
+@pytest.mark.parametrize("cls, has_heads", [
+    ("CLIPModel", True), ("CLIPVisionModelWithProjection", True), ("CLIPTextModel", False), ("ViTModel", False),
+    ("ViTForImageClassification", True), ("DeiTForImageClassification", True), ("BertModel", False),
+    ("VisionTextDualEncoderModel", True),
+])
+def test_model_size_groups_parameters_by_the_models_family(models, cls, has_heads):
     from vitq.models.families import family_of
 
     model = models[cls]
@@ -308,9 +310,11 @@ def test_model_size_groups_parameters_by_the_models_family(models, cls):
     groups = model_size(model)["components"]
     heads = sum(p.numel() for n, p in model.named_parameters()
                 if any(n == h or n.startswith(h + ".") for h in family.heads))
+    assert (heads > 0) == has_heads  # a misspelt head prefix in the family table would read 0
     assert groups.get("heads", {"params": 0})["params"] == heads
     assert set(groups) - {"heads"} == set(family.components)  # a BertModel is text, never image
     assert sum(g["params"] for g in groups.values()) == sum(p.numel() for p in model.parameters())
+
 
 # -- tiny real models on real data -----------------------------------------------------------------
 @pytest.fixture(scope="module")
