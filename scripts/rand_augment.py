@@ -22,7 +22,7 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)
+    w = x.new_tensor(LUMA).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
 
 
@@ -41,8 +41,9 @@ def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
 
 
-def _eye(n: int) -> torch.Tensor:
-    theta = torch.zeros(n, 2, 3)
+def _eye(x: torch.Tensor) -> torch.Tensor:
+    """One identity affine matrix per image of x (same dtype and device)."""
+    theta = x.new_zeros(len(x), 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
     return theta
 
@@ -62,7 +63,7 @@ def equalize(x, level, sign):
     """Histogram equalisation per image and channel on 256 levels (output CDF made uniform)."""
     n, c, h, w = x.shape
     v = (x * 255).round().long().view(n * c, h * w)
-    hist = torch.zeros(n * c, 256).scatter_add_(1, v, torch.ones_like(v, dtype=torch.float))
+    hist = x.new_zeros(n * c, 256).scatter_add_(1, v, torch.ones_like(v, dtype=x.dtype))
     cdf = hist.cumsum(1)
     cdf_min = cdf.gather(1, v.min(dim=1, keepdim=True).values)
     lut = ((cdf - cdf_min) / (h * w - cdf_min).clamp_min(1)).clamp(0, 1)
@@ -73,7 +74,7 @@ def equalize(x, level, sign):
 
 def rotate(x, level, sign):
     angle = sign * level * math.radians(30.0)
-    theta = _eye(len(x))
+    theta = _eye(x)
     theta[:, 0, 0] = theta[:, 1, 1] = angle.cos()
     theta[:, 0, 1] = -angle.sin()
     theta[:, 1, 0] = angle.sin()
@@ -89,7 +90,7 @@ def posterize(x, level, sign):
     bits = (4 - (level * 4).long()).clamp(min=1)  # increasing: 4 bits down to 1
     shift = (8 - bits).view(-1, 1, 1, 1)
     v = (x * 255).round().long()
-    return ((v >> shift) << shift).float() / 255.0
+    return ((v >> shift) << shift).to(x.dtype) / 255.0
 
 
 def color(x, level, sign):
@@ -106,7 +107,7 @@ def brightness(x, level, sign):
 
 def sharpness(x, level, sign):
     """PIL's SHARPEN: blend with a 3x3 smoothing (centre 5, 1 around; /13), borders unchanged."""
-    kernel = torch.ones(3, 1, 3, 3, dtype=x.dtype)
+    kernel = x.new_ones(3, 1, 3, 3)
     kernel[:, :, 1, 1] = 5.0
     smooth = x.clone()
     smooth[..., 1:-1, 1:-1] = F.conv2d(x, kernel / 13.0, groups=3)
@@ -114,25 +115,25 @@ def sharpness(x, level, sign):
 
 
 def shear_x(x, level, sign):
-    theta = _eye(len(x))
+    theta = _eye(x)
     theta[:, 0, 1] = sign * 0.3 * level
     return _affine(x, theta)
 
 
 def shear_y(x, level, sign):
-    theta = _eye(len(x))
+    theta = _eye(x)
     theta[:, 1, 0] = sign * 0.3 * level
     return _affine(x, theta)
 
 
 def translate_x(x, level, sign):
-    theta = _eye(len(x))
+    theta = _eye(x)
     theta[:, 0, 2] = sign * 0.45 * level * 2  # up to 45% of the width; normalised width is 2
     return _affine(x, theta)
 
 
 def translate_y(x, level, sign):
-    theta = _eye(len(x))
+    theta = _eye(x)
     theta[:, 1, 2] = sign * 0.45 * level * 2
     return _affine(x, theta)
 
@@ -146,9 +147,10 @@ def rand_augment(x: torch.Tensor, g: torch.Generator, num_ops: int = 2, magnitud
     """``num_ops`` random operations per image of an (N, 3, H, W) batch in [0, 1]; a new tensor."""
     n = x.shape[0]
     for _ in range(num_ops):
-        pick = torch.randint(len(OPS), (n,), generator=g)
-        level = ((magnitude + magnitude_std * torch.randn(n, generator=g)).clamp(0, MAX_LEVEL) / MAX_LEVEL)
-        sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+        # draws on the generator's (CPU) device, so the same seed gives the same choices anywhere
+        pick = torch.randint(len(OPS), (n,), generator=g).to(x.device)
+        level = ((magnitude + magnitude_std * torch.randn(n, generator=g)).clamp(0, MAX_LEVEL) / MAX_LEVEL).to(x)
+        sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).to(x)
         out = x.clone()
         for k, op in enumerate(OPS):
             idx = (pick == k).nonzero().flatten()
