@@ -21,7 +21,7 @@ from vitq.data import data_root  # noqa: E402
 from vitq.data.calibration import calibration_batches  # noqa: E402
 from vitq.data.preprocess import image_transform  # noqa: E402
 from vitq.eval.cost import compute_cost, model_size  # noqa: E402
-from vitq.eval.text import resolve_tokenizer  # noqa: E402
+from vitq.models.tokenizers import resolve_tokenizer  # noqa: E402
 from vitq.io_utils import write_json  # noqa: E402
 from vitq.models.loading import load_model  # noqa: E402
 

@@ -55,6 +55,13 @@ def _qdq_params(graph, op_type: str) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(consts[n.input[1]], consts[n.input[2]]) for n in graph.node if n.op_type == op_type]
 
 
+def _weight_codes(graph) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(stored codes, zero-point) of every integer weight initializer feeding a DequantizeLinear."""
+    consts = _constants(graph)
+    return [(consts[n.input[0]], consts[n.input[2]]) for n in graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in consts and consts[n.input[0]].dtype in (np.int8, np.uint8) and consts[n.input[0]].ndim >= 2]
+
+
 def _key(scale, zp):
     return (tuple(np.asarray(scale, np.float32).reshape(-1).tolist()), tuple(np.asarray(zp).reshape(-1).astype(int).tolist()))
 
@@ -73,12 +80,13 @@ def test_graph_has_vitq_scales_int8_weights_and_float_norms(clip_w8a8):
         expected = {_key(p.quantizer.scale.detach(), p.quantizer.zero_point) for p in acts}
         found = {_key(s, z) for s, z in _qdq_params(graph, "QuantizeLinear")}
         assert found == expected
-        # Weights: int8 initializers feeding DequantizeLinear with vitq's per-channel scales.
-        consts = _constants(graph)
-        int8_weights = [consts[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear"
-                        and n.input[0] in consts and consts[n.input[0]].dtype == np.int8 and consts[n.input[0]].ndim >= 2]
-        assert len(int8_weights) == len(weights)
-        weight_scales = {_key(s, z) for s, z in _qdq_params(graph, "DequantizeLinear")}
+        # Weights: one-byte integer initializers feeding DequantizeLinear with vitq's per-channel scales
+        # (int8, or uint8 with the zero-point moved by 128 where this CPU's u8 x s8 kernels saturate).
+        codes = _weight_codes(graph)
+        assert len(codes) == len(weights)
+        shift = 128 if any(c.dtype == np.uint8 for c, _ in codes) else 0
+        weight_scales = {_key(s, np.asarray(z).astype(int) - (shift if np.asarray(z).dtype == np.uint8 else 0))
+                         for s, z in _qdq_params(graph, "DequantizeLinear")}
         assert {_key(p.quantizer.scale.detach(), p.quantizer.zero_point) for p in weights} <= weight_scales
         float_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) > 16]
         names = [t.name for t in float_weights]
@@ -104,8 +112,9 @@ def test_weights_are_one_byte_each(clip_w8a8):
     quantized = sum(m.weight.numel() for n, m in q.named_modules()
                     if n.startswith(("vision_model.", "visual_projection")) and getattr(m, "weight_quantizer", None) is not None)
     graph = onnx.load(str(out / "image.onnx")).graph
-    int8 = sum(np.prod(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2)
-    assert int8 == quantized  # every quantized weight is stored once, as int8 codes
+    one_byte = sum(np.prod(t.dims) for t in graph.initializer
+                   if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) >= 2)
+    assert one_byte == quantized  # every quantized weight is stored once, as one-byte codes
 
 
 @needs_data("cifar10")
@@ -200,7 +209,7 @@ def test_cli_export_and_errors(models, tmp_path, capsys):
     vitq.save(q, tmp_path / "m")
     assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "e"), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "image:" in printed and "text:" in printed and "cosine vs simulation" in printed and "size: theoretical" in printed
+    assert "image:" in printed and "text:" in printed and "ONNX Runtime vs simulation" in printed and "size: theoretical" in printed
     assert {"image.onnx", "text.onnx", "export.json", "config.json"} <= {p.name for p in (tmp_path / "e").iterdir()}
 
     assert main(["export", "--model", str(tmp_path / "m"), "--format", "tflite"]) == 2
@@ -275,3 +284,76 @@ def test_zoo_clip_export_agrees_on_real_images(tmp_path):
     picked = simulated.gather(1, exported.argmax(-1, keepdim=True)).squeeze(1)
     assert (picked >= simulated.max(-1).values - 0.04).all()
     assert (exported.argmax(-1) == simulated.argmax(-1)).float().mean() >= 0.95
+
+
+def test_export_verifies_and_reports_integer_kernels(models, tmp_path):
+    """export.json carries the check: every quantized linear (the classifier head on the CLS token
+    included) runs on an integer kernel, and the runtime agrees with the simulation."""
+    q = _quantize(models["ViTForImageClassification"], calib=[sample_inputs()["pixel_values"]])
+    out = export_onnx(q, tmp_path / "onnx")
+    checked = __import__("json").loads((out / "export.json").read_text())["check"]["image"]
+    linears = [n for n, m in q.named_modules() if isinstance(m, torch.nn.Linear) and m.weight_quantizer is not None]
+    assert "classifier" in linears
+    assert checked["float_linears"] == [] and checked["weight_only_linears"] == []
+    assert checked["integer_kernels"] >= len(linears) and checked["cosine_min"] >= 0.999
+
+
+def test_export_that_disagrees_is_refused_and_not_marked(models, tmp_path, monkeypatch):
+    """A graph whose numbers are off (here: every weight scale doubled after folding) fails the check,
+    and the folder gets no export.json and no graph."""
+    from vitq.export import graph_passes
+
+    real = graph_passes.optimize_qdq_graph
+
+    def broken(model, weight_dtype="auto"):
+        stats = real(model, weight_dtype)
+        for t in model.graph.initializer:
+            if t.name.endswith("weight_quantizer.scale"):
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 2, t.name))
+        return stats
+
+    monkeypatch.setattr(graph_passes, "optimize_qdq_graph", broken)
+    q = _quantize(models["ViTForImageClassification"], calib=[sample_inputs()["pixel_values"]])
+    with pytest.raises(ModelError, match="does not compute what the simulated model computes"):
+        export_onnx(q, tmp_path / "onnx")
+    assert not any((tmp_path / "onnx").iterdir())
+    monkeypatch.setattr(graph_passes, "optimize_qdq_graph", real)
+    assert (export_onnx(q, tmp_path / "onnx") / "export.json").is_file()
+
+
+def test_per_channel_activation_is_refused_with_the_layer_name(models, tmp_path):
+    q = vitq.quantize(models["ViTForImageClassification"], vitq.QuantConfig(method="repq-vit", bits="W8A8", options={"post_ln": "channel"}),
+                      calib=[sample_inputs(seed=5, batch=8)["pixel_values"]], progress=False)
+    with pytest.raises(ModelError, match=r"vit\.layers\.0\.layernorm_before\.output_quantizer quantizes an activation with one scale per channel") as err:
+        export_onnx(q, tmp_path / "onnx")
+    assert "--exclude" in err.value.hint
+    assert not (tmp_path / "onnx" / "export.json").exists()
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_weight_storage_follows_the_cpu(models, tmp_path, monkeypatch, saturates):
+    """8-bit signed weights are stored as uint8 (+128) where u8 x s8 kernels saturate, as int8 elsewhere;
+    either way the dequantized weights are vitq's."""
+    from vitq.export import cpu
+
+    monkeypatch.setattr(cpu, "u8s8_saturates", lambda: saturates)
+    q = _quantize(models["ViTForImageClassification"], calib=[sample_inputs()["pixel_values"]])
+    out = export_onnx(q, tmp_path / "onnx", check=0)
+    graph = onnx.load(str(out / "image.onnx")).graph
+    codes = _weight_codes(graph)
+    assert {c.dtype for c, _ in codes} == {np.dtype(np.uint8) if saturates else np.dtype(np.int8)}
+    by_layer = {n: m for n, m in q.named_modules() if getattr(m, "weight_quantizer", None) is not None}
+    fc1 = by_layer["vit.layers.0.mlp.fc1"]
+    stored = next(c for c, _ in codes if c.shape == fc1.weight.T.shape)
+    expected = fc1.weight_quantizer.quantizer.quantize(fc1.weight.detach()).T.numpy()
+    assert np.array_equal(stored.astype(np.int32) - (128 if saturates else 0), expected)
+    meta = __import__("json").loads((out / "export.json").read_text())
+    assert (meta["towers"]["image"]["wide_int8_weights"] == 0) == saturates
+
+
+def test_dynamic_model_export_says_it_runs_in_pytorch(models, tmp_path):
+    pytest.importorskip("torchao")
+    q = vitq.quantize(models["CLIPModel"], vitq.QuantConfig(method="dynamic"), progress=False)
+    with pytest.raises(ModelError, match="run time, on PyTorch") as err:
+        export_onnx(q, tmp_path / "onnx")
+    assert "minmax" in err.value.hint

@@ -45,7 +45,7 @@ def run(args) -> int:
     from ..data.preprocess import image_transform
     from ..eval import evaluate
     from ..eval.cost import model_size
-    from ..eval.text import resolve_tokenizer
+    from ..models.tokenizers import resolve_tokenizer
     from ..io_utils import write_json
     from ..models.loading import load_model
 

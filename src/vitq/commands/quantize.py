@@ -79,7 +79,7 @@ def run(args) -> int:
     cfg.components = comps
     tokenizer = None
     if "text" in comps and needs_calib:
-        from ..eval.text import resolve_tokenizer
+        from ..models.tokenizers import resolve_tokenizer
 
         tokenizer = resolve_tokenizer(model, args.tokenizer)
     batches = None

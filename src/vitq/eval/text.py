@@ -16,32 +16,15 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError  # noqa: F401  (re-exported users catch it from here)
 from ..io_utils import atomic_write_bytes
+from ..models.tokenizers import resolve_tokenizer  # noqa: F401  (kept importable from here)
 from . import distributed
 from .features import run_texts, text_embeddings, text_max_length
 from .metrics import normalize
 from .templates import fill
 
 _MEMORY_CACHE: dict[str, torch.Tensor] = {}
-
-
-def resolve_tokenizer(model, tokenizer=None):
-    """``tokenizer`` itself, loaded from a path/hub id, or the one saved with ``model``."""
-    from transformers import AutoTokenizer
-
-    if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
-        return tokenizer
-    where = tokenizer or getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
-    if not where:
-        raise ModelError(f"{type(model).__name__} was built in memory and has no tokenizer",
-                         hint="pass tokenizer=… (or --tokenizer PATH_OR_HUB_ID)")
-    try:
-        local_only = not Path(str(where)).exists()  # a hub id: use the local cache, never wait on the network
-        return AutoTokenizer.from_pretrained(str(where), local_files_only=local_only)
-    except Exception as err:
-        raise ModelError(f"cannot load a tokenizer from {where}: {err}",
-                         hint="pass tokenizer=… (or --tokenizer PATH_OR_HUB_ID) naming a folder with tokenizer files") from None
 
 
 def text_modules(model) -> list[tuple[str, torch.nn.Module]]:

@@ -17,7 +17,7 @@ def export_onnx(model, out, towers=None, **kwargs) -> Path:
     return _export(model, out, towers=towers, **kwargs)
 
 
-def export_saved(folder, out=None, towers=None, progress: bool = False) -> Path:
+def export_saved(folder, out=None, towers=None, progress: bool = False, **kwargs) -> Path:
     """Export a folder written by :func:`vitq.save`; by default into ``folder/onnx``."""
     from ..saving import is_saved_folder, load
 
@@ -26,7 +26,7 @@ def export_saved(folder, out=None, towers=None, progress: bool = False) -> Path:
         raise ModelError(f"{folder} is not a vitq quantized-model folder (no vitq_config.json)",
                          hint="pass a folder written by `vitq quantize` or vitq.save")
     model = load(folder)
-    return export_onnx(model, Path(out) if out else folder / DEFAULT_SUBFOLDER, towers=towers, progress=progress)
+    return export_onnx(model, Path(out) if out else folder / DEFAULT_SUBFOLDER, towers=towers, progress=progress, **kwargs)
 
 
 def load_exported(path, runtime: str = "onnxruntime", **options):

@@ -5,6 +5,12 @@
 2. ``fold_weight_transposes``: ``DequantizeLinear(W) -> Transpose -> MatMul`` (how nn.Linear is
    exported) becomes ``DequantizeLinear(Wᵀ, axis=1) -> MatMul``; a Transpose between the
    DequantizeLinear and the MatMul hides the pattern from ORT's QDQ fusion.
+3. ``gemms_to_matmuls``: ``Gemm(DQ(x), DQ(W), b, transB=1)`` (how a Linear on a 2-D input, such as
+   a classifier head on the CLS token, is exported) becomes ``MatMul(DQ(x), DQ(Wᵀ)) + b``, which ORT
+   fuses into an integer kernel; it leaves a QDQ Gemm with a float output in float.
+4. ``store_weights_unsigned``: int8 weight codes beyond [-64, 64] become uint8 codes + 128 with
+   the zero-point moved by 128 (the same values), for CPUs whose u8×s8 kernels saturate
+   (see :mod:`vitq.export.cpu`); their u8×u8 kernels are exact.
 """
 
 from __future__ import annotations
@@ -163,6 +169,65 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     return count
 
 
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _qdq_source(g: _Graph, name: str):
+    """For ``name`` = DQ(Q(x)) whose Q and DQ feed nothing else: (Q node, x); else None."""
+    dq = g.producer.get(name)
+    q = g.producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear" or len(g.consumers[q.output[0]]) != 1 or len(g.consumers[name]) != 1:
+        return None
+    return q, q.input[0]
+
+
+def gemms_to_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrite weighted QDQ Gemms as 3-D MatMul + Add. ORT would fuse a 2-D MatMul + Add back into a
+    Gemm (MatMulAddFusion) before its QDQ fusion, so a quantized 2-D input is unsqueezed to
+    [N, 1, K] ahead of its QuantizeLinear (per-tensor quantization commutes with reshapes) and the
+    result squeezed back."""
+    g = _Graph(model)
+    count = 0
+    new_nodes = []
+    axes = None
+    for node in g.graph.node:
+        dq = g.producer.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
+        w = g.constant(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        plain = (_attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0 and _attr(node, "transA", 0) == 0)
+        if w is None or w.ndim != 2 or not plain or len(g.consumers[dq.output[0]]) != 1:
+            new_nodes.append(node)
+            continue
+        if _attr(node, "transB", 0):
+            dq.input[0] = g.add_initializer(np.ascontiguousarray(w.T), g.resolve(dq.input[0]) + "_t")
+            scale = g.constant(dq.input[1])
+            if scale is not None and scale.size > 1:
+                _set_axis(dq, 1 - (_axis(dq) % 2))
+        source = _qdq_source(g, node.input[0])
+        lhs, out = node.input[0], node.output[0]
+        if source is not None:
+            q, x = source
+            axes = axes or g.add_initializer(np.array([1], np.int64), "vitq_unsqueeze_axis1")
+            q.input[0] = x + "_unsqueezed"
+            new_nodes.insert(new_nodes.index(q), helper.make_node("Unsqueeze", [x, axes], [q.input[0]], name=node.name + "_unsqueeze"))
+            out = node.output[0] + "_3d"
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = out + "_matmul" if has_bias else out
+        new_nodes.append(helper.make_node("MatMul", [lhs, node.input[1]], [product], name=node.name + "_matmul"))
+        if has_bias:
+            new_nodes.append(helper.make_node("Add", [product, node.input[2]], [out], name=node.name + "_bias"))
+        if source is not None:
+            new_nodes.append(helper.make_node("Squeeze", [out, axes], [node.output[0]], name=node.name + "_squeeze"))
+        count += 1
+    del g.graph.node[:]
+    g.graph.node.extend(new_nodes)
+    g.prune_unused_initializers()
+    return count
+
+
 def inline_constant_identities(model: onnx.ModelProto) -> int:
     """Identity nodes that only forward an initializer (the exporter's de-duplication) are bypassed,
     so every QDQ scale and zero-point is read straight from an initializer."""
@@ -181,7 +246,57 @@ def inline_constant_identities(model: onnx.ModelProto) -> int:
     return len(dead)
 
 
-def optimize_qdq_graph(model: onnx.ModelProto) -> dict:
-    """Apply every rewrite; returns how many of each were made."""
-    return {"identities_inlined": inline_constant_identities(model), "weights_folded": fold_weight_quantization(model),
-            "transposes_folded": fold_weight_transposes(model)}
+def _wide_int8_weights(g: _Graph):
+    """(DequantizeLinear node, codes) of every int8 weight whose codes leave [-SAFE_CODE, SAFE_CODE]."""
+    from .cpu import SAFE_CODE
+
+    for dq in g.graph.node:
+        if dq.op_type != "DequantizeLinear":
+            continue
+        w = g.constant(dq.input[0])
+        if w is not None and w.dtype == np.int8 and w.ndim >= 2 and (w.min() < -SAFE_CODE or w.max() > SAFE_CODE):
+            yield dq, w
+
+
+def count_wide_int8_weights(model: onnx.ModelProto) -> int:
+    return sum(1 for _ in _wide_int8_weights(_Graph(model)))
+
+
+def store_weights_unsigned(model: onnx.ModelProto) -> int:
+    """Rewrite wide int8 weights as uint8 (codes + 128, zero-point + 128): the same dequantized values."""
+    g = _Graph(model)
+    count = 0
+    for dq, w in list(_wide_int8_weights(g)):
+        zp = g.constant(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
+        if zp is None:
+            continue
+        base = g.resolve(dq.input[0])
+        dq.input[0] = g.add_initializer((w.astype(np.int16) + 128).astype(np.uint8), base + "_u8")
+        # A new zero-point per weight: the exporter shares equal constants between layers.
+        zp_name = g.add_initializer((zp.astype(np.int16) + 128).astype(np.uint8), base + "_u8_zero_point")
+        if len(dq.input) > 2:
+            dq.input[2] = zp_name
+        else:
+            dq.input.append(zp_name)
+        count += 1
+    g.prune_unused_initializers()
+    return count
+
+
+WEIGHT_DTYPES = ("auto", "int8", "uint8")
+
+
+def optimize_qdq_graph(model: onnx.ModelProto, weight_dtype: str = "auto") -> dict:
+    """Apply every rewrite; returns how many of each were made.
+
+    ``weight_dtype``: ``int8`` keeps signed weight codes; ``uint8`` stores wide ones unsigned;
+    ``auto`` does so only where this CPU's u8×s8 kernels saturate.
+    """
+    from .cpu import u8s8_saturates
+
+    stats = {"identities_inlined": inline_constant_identities(model), "weights_folded": fold_weight_quantization(model),
+             "transposes_folded": fold_weight_transposes(model), "gemms_to_matmuls": gemms_to_matmuls(model)}
+    unsigned = weight_dtype == "uint8" or (weight_dtype == "auto" and u8s8_saturates())
+    stats["weights_unsigned"] = store_weights_unsigned(model) if unsigned else 0
+    stats["wide_int8_weights"] = count_wide_int8_weights(model)
+    return stats

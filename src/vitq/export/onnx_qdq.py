@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,7 +31,15 @@ EXPORT_META = "export.json"
 
 
 def _check_quantized(model: nn.Module) -> None:
-    if getattr(model, "vitq_info", None) is None or not any(True for _ in quantizers(model)):
+    info = getattr(model, "vitq_info", None)
+    if info is not None and info.get("dynamic"):
+        raise ModelError(
+            "a dynamic (DQ-CLIP) model computes its activation scales for every input at run time, on PyTorch's "
+            "int8 kernels (torchao or torch.ao quantize_dynamic); vitq export writes static QDQ graphs",
+            hint="run the dynamic model in PyTorch (vitq.load(DIR)), or quantize with a calibrated method "
+                 "(e.g. --method minmax --bits W8A8) to export it to ONNX",
+        )
+    if info is None or not any(True for _ in quantizers(model)):
         raise ModelError("this model was not quantized by vitq", hint="quantize it first (vitq.quantize or `vitq quantize`), then export")
 
 
@@ -42,7 +52,7 @@ def _dynamic_axes(tower: str) -> dict:
     return axes
 
 
-def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = OPSET) -> dict:
+def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = OPSET, weight_dtype: str = "auto") -> dict:
     """Trace one tower of an export-mode model to ONNX, fold its weights to int8; returns stats."""
     import onnx
 
@@ -58,7 +68,7 @@ def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = OP
         torch.onnx.export(module, args, str(raw), dynamo=False, opset_version=opset, input_names=list(inputs),
                           output_names=[output], dynamic_axes=_dynamic_axes(tower), do_constant_folding=True)
         graph = onnx.load(str(raw))
-    stats = optimize_qdq_graph(graph)
+    stats = optimize_qdq_graph(graph, weight_dtype)
     graph.doc_string = f"vitq {__version__} QDQ export ({tower} tower)"
     data = graph.SerializeToString()
     if len(data) >= 2**31 - 1:
@@ -78,12 +88,26 @@ def _point_summary(model: nn.Module) -> dict:
     return {"kinds": sorted(kinds), "bits": sorted(bits)}
 
 
-def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPSET, progress: bool = False) -> Path:
+def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPSET, progress: bool = False,
+                check: int = 8, weight_dtype: str = "auto") -> Path:
     """Export every tower of a vitq-quantized model into folder ``out``; returns the folder.
 
     ``out`` gets ``image.onnx`` and/or ``text.onnx`` and ``export.json`` (towers, inputs, notes).
+    Unless ``check=0``, each graph is first run in ONNX Runtime on ``check`` random inputs and compared
+    with the simulation (:func:`vitq.export.check.verify_export`); ``export.json``, written last,
+    marks a complete and verified export. ``weight_dtype`` (``auto``, ``int8``, ``uint8``): how 8-bit
+    weight codes are stored; ``auto`` stores them unsigned on CPUs whose u8×s8 kernels saturate
+    (:mod:`vitq.export.cpu`).
     """
+    from .check import check_points, verify_export
+    from .cpu import describe as describe_cpu
+    from .graph_passes import WEIGHT_DTYPES
+
     _check_quantized(model)
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"unknown weight_dtype {weight_dtype!r}", hint=f"use one of: {', '.join(WEIGHT_DTYPES)}")
+    if not isinstance(check, int) or check < 0:
+        raise ConfigError(f"check must be a number of inputs (0 to skip), got {check!r}")
     have = towers_of(model)
     chosen = tuple(have if towers is None else [t for t in towers if t in have])
     if not chosen:
@@ -91,6 +115,7 @@ def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPS
     out = Path(out)
     if out.suffix == ".onnx":
         raise ConfigError(f"{out} names a file", hint="give a folder: vitq writes one graph per tower (image.onnx, text.onnx) and export.json")
+    check_points(model)
     out.mkdir(parents=True, exist_ok=True)
     stale = out / EXPORT_META
     if stale.exists():
@@ -101,14 +126,22 @@ def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPS
         "format": "vitq-onnx-qdq", "vitq_version": __version__, "opset": opset, "model_class": type(model).__name__,
         "method": model.vitq_info.get("method"), "bits": model.vitq_info.get("config", {}).get("bits"),
         "quantizer_kinds": summary["kinds"], "quantizer_bits": summary["bits"],
-        "notes": _notes(summary), "towers": {},
+        "weight_dtype": weight_dtype, "cpu": describe_cpu(), "towers": {},
     }
     if "image" in chosen:
         meta["image_shape"] = list(image_shape(model))
     from tqdm.auto import tqdm
 
-    for tower in tqdm(chosen, desc="exporting", disable=not progress, leave=False):
-        meta["towers"][tower] = export_tower(emodel, tower, out / f"{tower}.onnx", opset)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        for tower in tqdm(chosen, desc="exporting", disable=not progress, leave=False):
+            meta["towers"][tower] = export_tower(emodel, tower, staging / f"{tower}.onnx", opset, weight_dtype)
+        meta["check"] = verify_export(model, staging, chosen, samples=check) if check else None
+        for tower in chosen:
+            os.replace(staging / f"{tower}.onnx", out / f"{tower}.onnx")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    meta["notes"] = _notes(summary, meta)
     _copy_side_files(model, out)
     from ..io_utils import write_json
 
@@ -133,8 +166,18 @@ def _copy_side_files(model: nn.Module, out: Path) -> None:
                 shutil.copy2(Path(src) / name, out / name)
 
 
-def _notes(summary: dict) -> list[str]:
+def _notes(summary: dict, meta: dict) -> list[str]:
     notes = []
+    unsigned = sum(t.get("weights_unsigned", 0) for t in meta["towers"].values())
+    wide = sum(t.get("wide_int8_weights", 0) for t in meta["towers"].values())
+    if unsigned:
+        notes.append(f"{unsigned} 8-bit weight tensors are stored as uint8 (codes + 128, zero-point + 128: the same values) "
+                     "because this CPU's uint8 x int8 kernels saturate (no VNNI); export with weight_dtype='int8' for a VNNI target")
+    if wide:
+        notes.append(f"{wide} weight tensors use the full int8 range: run this export on a CPU with VNNI (or re-export "
+                     "with weight_dtype='uint8'), as uint8 x int8 kernels without VNNI saturate")
+    if meta.get("check") is None:
+        notes.append("not verified against the simulation (check=0)")
     if any(b < 8 for b in summary["bits"]):
         notes.append("sub-8-bit points are stored as int8/uint8 (ONNX QDQ before opset 21 has no 4-bit type) "
                      "and clamped to their b-bit range, so the codes equal vitq's")

@@ -112,6 +112,7 @@ class ExportedModel(nn.Module):
         if meta is None:
             raise ModelError(f"{folder} holds no exported model (no export.json)", hint="run `vitq export --model DIR --format onnx` first")
         self.folder, self.runtime, self.meta = folder, runtime, meta
+        _warn_if_saturating(meta)
         self.runners = {t: make_runner(folder / info["file"], runtime, threads, **options) for t, info in meta["towers"].items()}
         self.config = _read_config(folder, meta)
         self.name_or_path = str(folder)
@@ -149,6 +150,19 @@ class ExportedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"runtime={self.runtime}, towers={','.join(self.runners)}, folder={self.folder}"
+
+
+def _warn_if_saturating(meta: dict) -> None:
+    """An export made for a VNNI CPU keeps full-range int8 weights; elsewhere its kernels saturate."""
+    import warnings
+
+    from .cpu import u8s8_saturates
+
+    wide = sum(t.get("wide_int8_weights", 0) for t in meta.get("towers", {}).values())
+    if wide and u8s8_saturates():
+        warnings.warn(f"this export stores {wide} weight tensors as full-range int8, and this CPU has no VNNI: its "
+                      "uint8 x int8 kernels saturate and the outputs lose accuracy; re-export here (vitq export "
+                      "--weight-dtype auto or uint8)", RuntimeWarning, stacklevel=3)
 
 
 def _read_config(folder: Path, meta: dict):
