@@ -84,12 +84,22 @@ def test_quantize_info_reload(clip_folder, calib_dir, tmp_path, capsys, bits):
     (["--bits", "W4"], "cannot read bit spec"),
     (["--method", "gptq"], "unknown method"),
     (["--components", "audio"], "unknown component"),
+    (["--method", "omse", "--option", "stepz=10"], "unknown option stepz for method omse"),
+    (["--method", "repq-vit", "--option", "post_ln=sideways"], "post_ln='sideways' is not one of"),
 ])
 def test_clear_errors(clip_folder, calib_dir, tmp_path, capsys, args, message):
     code = run_cli("quantize", "--model", clip_folder, "--calib", calib_dir, "--out", tmp_path / "o", "--quiet", *args)
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_list_methods_needs_no_model(capsys):
+    assert run_cli("quantize", "--list-methods") == 0
+    out = capsys.readouterr().out
+    assert "repq-vit (alias repq)" in out and "--option sequential=true" in out and "--option momentum=0.99" in out
+    assert "dynamic (alias dq-clip)" in out and "needs no calibration data" in out
+    assert run_cli("quantize", "--out", "x") == 2 and "--model is required" in capsys.readouterr().err
 
 
 def test_error_messages_for_inputs(clip_folder, tmp_path, capsys):

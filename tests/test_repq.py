@@ -104,5 +104,5 @@ def test_reparameterized_model_saves_and_reloads(models, inputs, tmp_path):
 
 
 def test_bad_ablation_option(models):
-    with pytest.raises(ConfigError, match="ablation"):
+    with pytest.raises(ConfigError, match="post_ln='sideways' is not one of reparam, channel, layer"):
         repq(models["ViTModel"], post_ln="sideways")

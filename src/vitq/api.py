@@ -29,7 +29,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *,
     torch.manual_seed(config.seed)
     qmodel = copy.deepcopy(model).eval()
     start = time.perf_counter()
-    qmodel, summary = method(qmodel, calib, config, progress=progress)
+    qmodel, summary = method.run(qmodel, calib, config, progress=progress)
     qmodel.vitq_info = {
         "method": config.method,
         "config": config.to_dict(),

@@ -6,13 +6,12 @@ import argparse
 import json
 
 from ..config import QuantConfig
-from ..methods import available_methods
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model with calibration images and save it",
                        description="Quantize a model and save it (safetensors + JSON) to --out.")
-    p.add_argument("--model", required=True, help="hub id, local model folder, or zoo:NAME (e.g. zoo:clip-tiny)")
+    p.add_argument("--model", help="hub id, local model folder, or zoo:NAME (e.g. zoo:clip-tiny); required unless --list-methods")
     p.add_argument("--method", default="minmax", help=f"quantization method (default minmax); see `vitq quantize --list-methods`")
     p.add_argument("--bits", "-b", default="W8A8", help="bit spec: W8A8, W4A4, or weights-activations-attention such as 4-4-8")
     p.add_argument("--calib", help="folder or .zip of calibration images (class subfolders also calibrate a text tower)")
@@ -26,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--list-methods", action="store_true", help="print the known methods and exit")
+    p.add_argument("--list-methods", action="store_true", help="print the known methods with their options and defaults, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -46,12 +45,29 @@ def _parse_options(items: list[str]) -> dict:
     return out
 
 
+def list_methods() -> str:
+    """Every method, its aliases, what it needs, and its options with their defaults."""
+    from ..methods import method_infos
+
+    lines = []
+    for info in method_infos():
+        aliases = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
+        calib = "" if info.needs_calibration else "; needs no calibration data"
+        lines.append(f"{info.name}{aliases}: {info.summary.rstrip('.')}{calib}")
+        for name, default, text in info.options.describe():
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default).lower() if isinstance(default, bool) else default
+            lines.append(f"    --option {name}={shown}" + (f"    {text}" if text else ""))
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     from ..errors import ConfigError
 
     if args.list_methods:
-        print("\n".join(available_methods()))
+        print(list_methods())
         return 0
+    if not args.model:
+        raise ConfigError("--model is required", hint="name a hub id, a local model folder or zoo:NAME (e.g. --model zoo:clip-tiny)")
     if not args.out:
         raise ConfigError("--out is required", hint="name the folder to write the quantized model to")
     from ..api import quantize
@@ -66,8 +82,9 @@ def run(args) -> int:
                       num_calib=args.num_calib, batch_size=args.batch_size, seed=args.seed, options=_parse_options(args.option))
     from ..methods import get_method
 
-    method = get_method(cfg.method)  # fail on an unknown method before any slow work
-    needs_calib = getattr(method, "needs_calibration", True)
+    method = get_method(cfg.method)  # fail on an unknown method or option before any slow work
+    method.parse_options(cfg.options)
+    needs_calib = method.needs_calibration
     if needs_calib and not args.calib:
         raise ConfigError(f"--calib is required by the {cfg.method} method", hint="pass a folder (or .zip) of calibration images")
     if not needs_calib and args.calib:

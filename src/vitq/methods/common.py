@@ -6,26 +6,34 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import QuantConfig
 from ..errors import ConfigError
-from ..memory import release_free_memory
-from ..models.families import family_of
-from ..nn import calibrate_weights, finish_calibration, set_mode
 
 
-def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", options: dict | None = None) -> dict:
-    """P4Q's baseline recipe: signed per-channel weights, unsigned per-tensor activations,
-    attention (both matmul inputs and post-Softmax) at its own bit width."""
-    opts = dict(options or {})
-    weight_observer = "omse" if observer == "omse" else "minmax"  # EMA/percentile of one weight tensor = min/max
-    act = dict(bits=cfg.a_bits, symmetric=False, axis=None, observer=observer, observer_options=opts)
+def observer_settings(name: str, seed: int = 0, **options) -> dict:
+    """``observer`` and ``observer_options`` of a scheme entry: the options this observer takes, and
+    the seed for the ones that draw random samples."""
+    from ..quant.observers import observer_options
+
+    accepted = observer_options(name)
+    opts = {k: v for k, v in options.items() if k in accepted}
+    if "seed" in accepted:
+        opts["seed"] = seed
+    return {"observer": name, "observer_options": opts}
+
+
+def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", opts=None) -> dict:
+    """P4Q's baseline recipe, with FQ-ViT's estimators: signed per-channel min/max weights (FQ-ViT's
+    ``OBSERVER_W = minmax``), unsigned per-tensor activations through ``observer``, attention (both
+    matmul inputs and post-Softmax) at its own bit width."""
+    estimator = {k: getattr(opts, k) for k in ("momentum", "percentile", "steps", "grid", "max_samples") if hasattr(opts, k)}
+    act = dict(bits=cfg.a_bits, symmetric=False, axis=None, **observer_settings(observer, cfg.seed, **estimator))
     attn = dict(act, bits=cfg.attn_bits)
     # Option symmetric_attention: signed q, k, v (Z = 0), which lets OpenVINO run attention in int8.
-    qkv = dict(attn, symmetric=True) if opts.get("symmetric_attention") else attn
+    qkv = dict(attn, symmetric=True) if getattr(opts, "symmetric_attention", False) else attn
     return {
-        "weight": dict(bits=cfg.w_bits, symmetric=True, axis=0, observer=weight_observer, observer_options=opts),
+        "weight": dict(bits=cfg.w_bits, symmetric=True, axis=0, **observer_settings("minmax")),
         "input": act,
         "post_ln": act,
         "post_gelu": act,
@@ -68,33 +76,35 @@ def as_batches(calib) -> _Batches:
     return _Batches(calib)
 
 
-@torch.no_grad()
-def run_batches(model: nn.Module, batches, components, desc: str = "calibrating", progress: bool = True) -> None:
-    """Forward each batch through the selected components (image: pixel_values; text: input_ids)."""
-    family = family_of(model)
-    seen = set()
-    for b in tqdm(batches, desc=desc, disable=not progress, leave=False, total=len(batches) or None):
-        if "image" in components and "pixel_values" in b:
-            family.encode_image(model, b["pixel_values"])
-            seen.add("image")
-        if "text" in components and "input_ids" in b:
-            family.encode_text(model, b["input_ids"], b.get("attention_mask"))
-            seen.add("text")
-        release_free_memory()  # keeps the peak flat over long calibration streams
-    if "image" in components and "image" not in seen:
-        raise ConfigError("the image component is selected but the calibration data has no images", hint="pass calibration images (--calib DIR)")
-    if "text" in components and "text" not in seen:
-        raise ConfigError(
-            "the text component is selected but the calibration data has no text",
-            hint="calibrate from a folder of class subfolders (class names become prompts) or select --components image",
-        )
+def check_components_in_data(batches, components) -> None:
+    """Fail before any slow work when a selected component has no inputs in the calibration data."""
+    from ..models.families import COMPONENT_INPUTS
+
+    first = next(iter(batches), None)
+    for comp in components:
+        if first is None or not any(k in first for k in COMPONENT_INPUTS[comp]):
+            if comp == "image":
+                raise ConfigError("the image component is selected but the calibration data has no images",
+                                  hint="pass calibration images (--calib DIR)")
+            raise ConfigError(
+                "the text component is selected but the calibration data has no text",
+                hint="calibrate from a folder of class subfolders (class names become prompts) or select --components image",
+            )
 
 
-def calibrate(model: nn.Module, batches, components, progress: bool = True) -> None:
-    """Observe weights and activations, fix every scale, and switch to quantized mode."""
-    model.eval()
-    set_mode(model, "calib")
-    calibrate_weights(model)
-    run_batches(model, batches, components, progress=progress)
-    finish_calibration(model)
-    set_mode(model, "quant")
+def calibrate(model: nn.Module, batches, components, progress: bool = True, sequential: bool = False) -> None:
+    """Observe weights and activations, fix every scale, and switch to quantized mode.
+
+    ``sequential``: calibrate the points one after another in forward order, each on inputs quantized
+    by every point before it (RepQ-ViT's official procedure); otherwise all at once on float
+    activations (FQ-ViT's). See :mod:`vitq.calib.sequential`.
+    """
+    from ..calib import calibrate_parallel, calibrate_sequential
+    from ..models.families import blocks_of, component_runner
+
+    check_components_in_data(batches, components)
+    runs = {c: component_runner(model, c) for c in components}
+    if sequential:
+        calibrate_sequential(model, batches, runs, {c: blocks_of(model, c) for c in components}, progress=progress)
+    else:
+        calibrate_parallel(model, batches, runs, progress=progress)

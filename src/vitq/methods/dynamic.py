@@ -20,11 +20,21 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
+from dataclasses import dataclass
+
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..models.families import component_of, family_of
 from ..models.prepare import resolve_components
 from . import register
+from .options import MethodOptions
+
+
+@dataclass(frozen=True)
+class DynamicOptions(MethodOptions):
+    compile: bool = False
+
+    HELP = {"compile": "torch.compile the quantized towers (slow first call; where the CPU speed-up is)"}
 
 
 def _torchao():
@@ -68,15 +78,16 @@ def compile_components(model: nn.Module, components) -> None:
             target.compile()
 
 
-@register("dynamic", "dq-clip")
-def dynamic_int8(model, calib, cfg: QuantConfig, progress: bool = True):
+@register("dynamic", "dq-clip", options=DynamicOptions, needs_calibration=False)
+def dynamic_int8(model, calib, cfg: QuantConfig, opts: DynamicOptions, progress: bool = True):
+    """DQ-CLIP: int8 weights, per-input activation scales at run time, on int8 kernels."""
     if (cfg.w_bits, cfg.a_bits) != (8, 8):
         raise ConfigError(f"dynamic quantization runs int8 kernels; {cfg.bits} is not available", hint="use --bits W8A8 with --method dynamic")
     comps = resolve_components(family_of(model), cfg.components)
     names = dynamic_layers(model, comps, cfg.exclude)
     with torch.no_grad():
         count = apply_dynamic_int8(model, names)
-    if cfg.options.get("compile"):
+    if opts.compile:
         compile_components(model, comps)
     summary = {
         "family": family_of(model).name, "components": list(comps),
@@ -84,5 +95,3 @@ def dynamic_int8(model, calib, cfg: QuantConfig, progress: bool = True):
     }
     return model, summary
 
-
-dynamic_int8.needs_calibration = False

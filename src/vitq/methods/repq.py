@@ -16,29 +16,58 @@ reparameterization links the two:
 3. Post-Softmax: log-sqrt2 becomes log2 with a parity-dependent de-quantization scale
    (Eq. 18-20, :mod:`vitq.quant.log`), which needs only bit shifts at inference.
 
-Options (``QuantConfig.options``) select the ablations of the paper's Tables 4 and 5:
+Options (:class:`RepQOptions`) select the ablations of the paper's Tables 4 and 5:
 ``post_ln`` = ``reparam`` (default), ``channel`` (keep channel-wise), ``layer`` (layer-wise from the
-start); ``softmax`` = ``reparam`` (default), ``logsqrt2``, ``log2``.
+start); ``softmax`` = ``reparam`` (default), ``logsqrt2``, ``log2``; and the calibration:
+``sequential`` (default true, as the official code: each quantizer is initialised on inputs that
+went through every quantizer before it), ``percentiles`` and ``max_samples`` of the search.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..config import QuantConfig
-from ..errors import ConfigError
 from ..models.prepare import prepare
 from ..nn import QuantLayerNorm, QuantLinear, TensorQuantizer
 from . import register
-from .common import as_batches, calibrate
+from .common import as_batches, calibrate, observer_settings
+from .options import MethodOptions
 
 POST_LN_MODES = ("reparam", "channel", "layer")
 SOFTMAX_MODES = ("reparam", "logsqrt2", "log2")
 
 
-def repq_scheme(cfg: QuantConfig, post_ln: str, softmax: str) -> dict:
-    search = dict(observer="pct_search")
+@dataclass(frozen=True)
+class RepQOptions(MethodOptions):
+    post_ln: str = "reparam"
+    softmax: str = "reparam"
+    sequential: bool = True
+    percentiles: tuple[float, ...] = (99.9, 99.99, 99.999)
+    max_samples: int = 1 << 18
+
+    CHOICES = {"post_ln": POST_LN_MODES, "softmax": SOFTMAX_MODES}
+    HELP = {
+        "post_ln": "post-LayerNorm quantizer: reparam (channel-wise calibration, layer-wise inference), channel, layer",
+        "softmax": "post-Softmax quantizer: reparam (log-sqrt2 as shift-only log2), logsqrt2, log2",
+        "sequential": "calibrate in forward order on quantized inputs, as the official code (false: all at once on float)",
+        "percentiles": "clipping percentiles the range search chooses from",
+        "max_samples": "values kept (a uniform sample over all batches) to score the candidates",
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
+        from ..quant.observers import make_observer
+
+        make_observer("pct_search", percentiles=self.percentiles, max_samples=self.max_samples)
+
+
+def repq_scheme(cfg: QuantConfig, opts: RepQOptions) -> dict:
+    post_ln, softmax = opts.post_ln, opts.softmax
+    search = observer_settings("pct_search", cfg.seed, percentiles=opts.percentiles, max_samples=opts.max_samples)
     act = dict(bits=cfg.a_bits, symmetric=False, axis=None, **search)
     attn = dict(act, bits=cfg.attn_bits)
     return {
@@ -96,17 +125,12 @@ def reparameterize_softmax(model: nn.Module) -> int:
     return count
 
 
-@register("repq-vit", "repq")
-def repq_vit(model, calib, cfg: QuantConfig, progress: bool = True):
-    post_ln = cfg.options.get("post_ln", "reparam")
-    softmax = cfg.options.get("softmax", "reparam")
-    if post_ln not in POST_LN_MODES or softmax not in SOFTMAX_MODES:
-        raise ConfigError(
-            f"unknown RepQ-ViT ablation post_ln={post_ln!r} softmax={softmax!r}",
-            hint=f"post_ln: {', '.join(POST_LN_MODES)}; softmax: {', '.join(SOFTMAX_MODES)}",
-        )
-    summary = prepare(model, repq_scheme(cfg, post_ln, softmax), cfg.components, cfg.exclude)
-    calibrate(model, as_batches(calib), summary["components"], progress=progress)
+@register("repq-vit", "repq", options=RepQOptions)
+def repq_vit(model, calib, cfg: QuantConfig, opts: RepQOptions, progress: bool = True):
+    """RepQ-ViT: scale reparameterization of post-LayerNorm and post-Softmax quantizers."""
+    post_ln, softmax = opts.post_ln, opts.softmax
+    summary = prepare(model, repq_scheme(cfg, opts), cfg.components, cfg.exclude)
+    calibrate(model, as_batches(calib), summary["components"], progress=progress, sequential=opts.sequential)
     if post_ln == "reparam":
         for ln_name, consumers in summary["post_ln_consumers"].items():
             if isinstance(model.get_submodule(ln_name), QuantLayerNorm):
@@ -114,4 +138,5 @@ def repq_vit(model, calib, cfg: QuantConfig, progress: bool = True):
     if softmax == "reparam":
         reparameterize_softmax(model)
     summary["repq"] = {"post_ln": post_ln, "softmax": softmax}
+    summary["calibration"] = "sequential" if opts.sequential else "parallel"
     return model, summary

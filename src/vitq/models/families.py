@@ -165,3 +165,24 @@ def size_group_of(family: Family, param_name: str) -> str:
     if any(_under(param_name, p) for p in family.heads):
         return "heads"
     return component_of(family, param_name) or "heads"
+
+
+# What each component reads from a batch, and how one batch is run through it.
+COMPONENT_INPUTS = {"image": ("pixel_values",), "text": ("input_ids",)}
+
+
+def component_runner(model: nn.Module, component: str):
+    """A function running one batch (a dict of model inputs) through ``component``; batches without
+    that component's inputs are skipped."""
+    family = family_of(model)
+    if component == "image":
+        return lambda b: family.encode_image(model, b["pixel_values"]) if "pixel_values" in b else None
+    if component == "text":
+        return lambda b: family.encode_text(model, b["input_ids"], b.get("attention_mask")) if "input_ids" in b else None
+    raise ModelError(f"unknown component {component!r}", hint="use image or text")
+
+
+def blocks_of(model: nn.Module, component: str) -> list[str]:
+    """Names of the transformer blocks of ``component``, in forward order."""
+    family = family_of(model)
+    return [name for name, m in model.named_modules() if type(m).__name__ in BLOCKS and component_of(family, name) == component]

@@ -27,7 +27,7 @@ class _WeightedQuantMixin:
         """Weights need no data: observe them once and fix the weight scale."""
         if self.weight_quantizer is not None:
             self.weight_quantizer.observer = None
-            self.weight_quantizer.observe(self.weight.detach())
+            self.weight_quantizer.observe(self.weight.detach(), keep_all=True)
             self.weight_quantizer.finish_calibration()
 
     def quantized_weight(self) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..quant import LogQuantizer, UniformQuantizer, make_observer
+from ..quant.observers import observer_options
 
 MODES = ("fp", "calib", "quant")
 KINDS = ("uniform", "log2", "logsqrt2", "log2_parity")
@@ -96,9 +97,14 @@ class TensorQuantizer(nn.Module):
             self.observer = make_observer(self.observer_name, axis=self.axis, **self.observer_options)
         self.mode = mode
 
-    def observe(self, x: torch.Tensor) -> None:
+    def observe(self, x: torch.Tensor, keep_all: bool = False) -> None:
+        """Feed the observer; ``keep_all`` (weights: small, seen once) lets a search observer score
+        its candidates on every value instead of a sample."""
         if self.observer is None:
-            self.observer = make_observer(self.observer_name, axis=self.axis, **self.observer_options)
+            options = dict(self.observer_options)
+            if keep_all and "max_samples" in observer_options(self.observer_name):
+                options["max_samples"] = None
+            self.observer = make_observer(self.observer_name, axis=self.axis, **options)
         self.observer.update(x)
 
     def finish_calibration(self) -> None:
