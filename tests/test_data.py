@@ -167,3 +167,47 @@ def test_corrupt_member_of_zip_names_archive_and_member(tmp_path):
     with pytest.raises(DataError, match=r"data\.zip:train/cls/empty\.jpg"):
         ds[0]
     assert ImageFolder(archive, skip_bad=True)[0] is None
+
+
+def _class_counts(batches):
+    from collections import Counter
+
+    return Counter(name for _, name in batches.items)
+
+
+def _synthetic_classes(root, classes=12, per_class=6):
+    for c in range(classes):
+        d = root / f"class{c:02d}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            solid((10 * c, 5 * i, 100), size=(8, 8)).save(d / f"{i}.png")
+    return root
+
+
+def test_calibration_images_are_drawn_across_all_classes(tmp_path):
+    """Fewer images than classes: a random set of classes (not the first ones in sorted order), one
+    image each, the same for the same seed; more: every class gets its share and the rest go to
+    random classes."""
+    from vitq.data.calibration import calibration_batches
+
+    root = _synthetic_classes(tmp_path / "data")
+    tf = ResizeCropNormalize(8)
+    picks = {seed: _class_counts(calibration_batches(root, 4, 4, tf, seed=seed)) for seed in (0, 1, 2)}
+    for counts in picks.values():
+        assert sum(counts.values()) == 4 and set(counts.values()) == {1}
+    assert len({frozenset(c) for c in picks.values()}) > 1  # the seed chooses the classes
+    assert any(set(c) != {"class00", "class01", "class02", "class03"} for c in picks.values())
+    assert _class_counts(calibration_batches(root, 4, 4, tf, seed=1)) == picks[1]
+    counts = _class_counts(calibration_batches(root, 30, 8, tf, seed=0))
+    assert sum(counts.values()) == 30 and len(counts) == 12 and sorted(set(counts.values())) == [2, 3]
+    assert sum(1 for v in counts.values() if v == 3) == 6
+
+
+@needs("tiny-imagenet-200")
+def test_thirty_two_calibration_images_span_tiny_imagenet():
+    from vitq.data.calibration import calibration_batches
+
+    zip_path = data_path("tiny-imagenet-200", "train-200-per-class.zip")
+    counts = _class_counts(calibration_batches(zip_path, 32, 32, ResizeCropNormalize(16), seed=0))
+    first = ImageFolder(zip_path).classes[:32]
+    assert len(counts) == 32 and set(counts) != {c.name for c in first}

@@ -161,11 +161,14 @@ class ImageFolder:
 
 
 def _balanced_subset(by_class: dict[str, list[str]], folders: list[str], limit: int, seed: int) -> dict[str, list[str]]:
+    """``limit`` items drawn at random (seeded) across all classes: every class gets limit // C, and
+    the remaining limit % C go to classes chosen at random (with fewer items than classes, a random
+    set of classes gets one each)."""
     if limit <= 0:
         raise DataError(f"--limit must be positive, got {limit}")
     rng = random.Random(seed)
     per = {f: limit // len(folders) for f in folders}
-    for f in folders[: limit % len(folders)]:
+    for f in rng.sample(folders, limit % len(folders)):
         per[f] += 1
     out = {}
     for f in folders:
