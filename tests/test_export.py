@@ -357,3 +357,32 @@ def test_dynamic_model_export_says_it_runs_in_pytorch(models, tmp_path):
     with pytest.raises(ModelError, match="run time, on PyTorch") as err:
         export_onnx(q, tmp_path / "onnx")
     assert "minmax" in err.value.hint
+
+
+def test_zoo_clip_repq_w4a4_exports_to_integer_kernels(tmp_path):
+    """The README's path: zoo:clip-tiny (MiniLM text tower, post-LN) with repq-vit W4A4, saved and
+    exported; ONNX Runtime runs both graphs with default optimizations, every linear on an integer
+    kernel, and the export says which float multiply-adds the reparameterization added."""
+    model = _zoo_clip()
+    if model is None:
+        pytest.skip("zoo:clip-tiny has no weights yet")
+    from vitq import zoo
+    from vitq.data.texts import sentences
+
+    tok = zoo.tokenizer("clip-tiny")(sentences(16), padding=True, return_tensors="pt")
+    pixels = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    calib = [{"pixel_values": pixels, "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}]
+    q = _quantize(model, bits="W4A4", method="repq-vit", calib=calib)
+    vitq.save(q, tmp_path / "m")
+    from vitq.cli import main
+
+    assert main(["export", "--model", str(tmp_path / "m"), "--quiet"]) == 0
+    meta = __import__("json").loads((tmp_path / "m" / "onnx" / "export.json").read_text())
+    for tower in ("image", "text"):
+        assert meta["check"][tower]["float_linears"] == [] and meta["check"][tower]["integer_kernels"] > 0
+    text_layers = 6
+    assert meta["input_affines"] == 4 * text_layers  # q, k, v and fc1 of every post-LN MiniLM layer
+    assert any("multiply-adds" in n for n in meta["notes"])
+    graph = onnx.load(str(tmp_path / "m" / "onnx" / "text.onnx")).graph
+    zps = _qdq_params(graph, "QuantizeLinear")
+    assert all(np.asarray(z).size == 1 for _, z in zps)  # every activation point is per-tensor

@@ -3,18 +3,66 @@
 import pytest
 import torch
 from conftest import sample_inputs
-from test_adapters import encode_all
+from test_adapters import CLASSES, encode_all
 
 import vitq
 from vitq.errors import ConfigError
 from vitq.nn import QuantLayerNorm, quantizers, set_mode
+from vitq.nn.modules import InputAffine
 
 FAMILIES = ["ViTForImageClassification", "DeiTForImageClassification", "SwinForImageClassification", "CLIPModel", "VisionTextDualEncoderModel"]
+# Pre-LN models with a LayerNorm consumer kept in float: the other consumers take the reparameterization.
+EXCLUDED = {"CLIPModel": ("vision_model.encoder.layers.0.self_attn.k_proj", "text_model.encoder.layers.1.mlp.fc1"),
+            "ViTForImageClassification": ("vit.layers.1.attention.v_proj",)}
 CALIB = [sample_inputs(seed=7, batch=8)]
 
 
-def repq(model, bits="W4A4", **options):
-    return vitq.quantize(model, vitq.QuantConfig(method="repq-vit", bits=bits, options=options), calib=CALIB, progress=False)
+def repq(model, bits="W4A4", exclude=(), **options):
+    cfg = vitq.QuantConfig(method="repq-vit", bits=bits, exclude=exclude, options=options)
+    return vitq.quantize(model, cfg, calib=CALIB, progress=False)
+
+
+def per_channel_activations(model):
+    return [n for n, q in quantizers(model) if q.active and q.role != "weight" and q.kind == "uniform" and q.axis is not None]
+
+
+@pytest.mark.parametrize("cls", CLASSES + [f"{c}-excluded" for c in EXCLUDED])
+def test_only_layer_wise_activation_points_remain(models, cls):
+    """After repq-vit no activation point is channel-wise, in every supported class: post-LN (BERT)
+    towers and LayerNorms with a consumer kept in float included."""
+    name = cls.removesuffix("-excluded")
+    exclude = EXCLUDED[name] if cls.endswith("-excluded") else ()
+    channel = repq(models[name], exclude=exclude, post_ln="channel")
+    assert per_channel_activations(channel)  # the calibration really was channel-wise
+    q = repq(models[name], exclude=exclude)
+    assert per_channel_activations(q) == []
+    affines = [n for n, m in q.named_modules() if isinstance(m, InputAffine)]
+    assert len(affines) == q.vitq_info["repq"]["input_affines"]
+    # Post-LN towers (BERT) and LayerNorms with a float consumer need input affines; pre-LN ones fold into the LayerNorm.
+    assert bool(affines) == (name in ("BertModel", "VisionTextDualEncoderModel") or bool(exclude))
+
+
+@pytest.mark.parametrize("cls", ["BertModel", "VisionTextDualEncoderModel", "CLIPModel-excluded", "ViTForImageClassification-excluded"])
+def test_post_ln_reparameterization_keeps_float_function_and_codes(models, inputs, cls):
+    """Where the LayerNorm cannot take the reparameterization, the consumers' input affines keep the
+    float function, and with the post-LN points on the layer-wise model computes what the
+    channel-wise one computes."""
+    name = cls.removesuffix("-excluded")
+    exclude = EXCLUDED[name] if cls.endswith("-excluded") else ()
+    model = models[name]
+    q = repq(model, exclude=exclude)
+    assert any(isinstance(m, InputAffine) for m in q.modules())
+    set_mode(q, "fp")
+    for a, b in zip(encode_all(model, inputs), encode_all(q, inputs)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+    channel = repq(model, exclude=exclude, post_ln="channel", softmax="logsqrt2")
+    set_mode(q, "quant")
+    for m in (channel, q):
+        only_roles(m, {"post_ln"})
+    for a, b in zip(encode_all(channel, inputs), encode_all(q, inputs)):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
+    set_mode(channel, "fp")
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(encode_all(channel, inputs), encode_all(q, inputs)))
 
 
 def only_roles(model, roles):
@@ -95,10 +143,12 @@ def test_quantizer_kinds_after_calibration(models):
     assert layer.layer_norm1.output_quantizer.axis == -1 and layer.self_attn.vitq_pv.a_quantizer.kind == "log2"
 
 
-def test_reparameterized_model_saves_and_reloads(models, inputs, tmp_path):
-    q = repq(models["SwinForImageClassification"])
+@pytest.mark.parametrize("cls", ["SwinForImageClassification", "VisionTextDualEncoderModel"])
+def test_reparameterized_model_saves_and_reloads(models, inputs, tmp_path, cls):
+    q = repq(models[cls])
     vitq.save(q, tmp_path / "m")
     back = vitq.load(tmp_path / "m")
+    assert sum(isinstance(m, InputAffine) for m in back.modules()) == q.vitq_info["repq"]["input_affines"]
     for a, b in zip(encode_all(q, inputs), encode_all(back, inputs)):
         assert torch.equal(a, b)
 

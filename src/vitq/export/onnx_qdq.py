@@ -80,12 +80,15 @@ def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = OP
 
 
 def _point_summary(model: nn.Module) -> dict:
+    from ..nn.modules import InputAffine
+
     kinds, bits = set(), set()
     for _, q in quantizers(model):
         if q.active:
             kinds.add(q.kind)
             bits.add(q.bits)
-    return {"kinds": sorted(kinds), "bits": sorted(bits)}
+    affines = sum(1 for m in model.modules() if isinstance(m, InputAffine))
+    return {"kinds": sorted(kinds), "bits": sorted(bits), "input_affines": affines}
 
 
 def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPSET, progress: bool = False,
@@ -125,7 +128,7 @@ def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPS
     meta = {
         "format": "vitq-onnx-qdq", "vitq_version": __version__, "opset": opset, "model_class": type(model).__name__,
         "method": model.vitq_info.get("method"), "bits": model.vitq_info.get("config", {}).get("bits"),
-        "quantizer_kinds": summary["kinds"], "quantizer_bits": summary["bits"],
+        "quantizer_kinds": summary["kinds"], "quantizer_bits": summary["bits"], "input_affines": summary["input_affines"],
         "weight_dtype": weight_dtype, "cpu": describe_cpu(), "towers": {},
     }
     if "image" in chosen:
@@ -178,6 +181,10 @@ def _notes(summary: dict, meta: dict) -> list[str]:
                      "with weight_dtype='uint8'), as uint8 x int8 kernels without VNNI saturate")
     if meta.get("check") is None:
         notes.append("not verified against the simulation (check=0)")
+    if summary.get("input_affines"):
+        notes.append(f"{summary['input_affines']} per-channel multiply-adds (Mul + Add) run in float before their "
+                     "QuantizeLinear: RepQ-ViT's post-LayerNorm reparameterization where the LayerNorm output also "
+                     "feeds a residual (post-LN blocks such as BERT) or a layer kept in float")
     if any(b < 8 for b in summary["bits"]):
         notes.append("sub-8-bit points are stored as int8/uint8 (ONNX QDQ before opset 21 has no 4-bit type) "
                      "and clamped to their b-bit range, so the codes equal vitq's")

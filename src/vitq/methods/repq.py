@@ -12,7 +12,11 @@ reparameterization links the two:
    layer-wise quantizer stays integer and reproduces the channel-wise codes exactly),
    r1 = s / s~ and r2 = b = (-z*s)/r1 + z~*s~ (Eq. 15, 17). LayerNorm: gamma/r1, beta/r1 - b.
    Next linear: W*r1 (per input channel), bias + (W*r1) b. Then the activation is quantized
-   layer-wise with (s~, z~) and the changed weights are calibrated again.
+   layer-wise with (s~, z~) and the changed weights are calibrated again. Where the LayerNorm
+   output also feeds a residual (post-LN blocks: BERT) or a layer kept in float, the LayerNorm
+   stays as it is and each quantized consumer gets X / r1 - b as an explicit per-channel
+   multiply-add on its input (:class:`vitq.nn.modules.InputAffine`): the same codes, one extra
+   float op that the runtime executes.
 3. Post-Softmax: log-sqrt2 becomes log2 with a parity-dependent de-quantization scale
    (Eq. 18-20, :mod:`vitq.quant.log`), which needs only bit shifts at inference.
 
@@ -32,7 +36,8 @@ from torch import nn
 
 from ..config import QuantConfig
 from ..models.prepare import prepare
-from ..nn import QuantLayerNorm, QuantLinear, TensorQuantizer
+from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, TensorQuantizer
+from ..nn.modules import InputAffine
 from . import register
 from .common import as_batches, calibrate, observer_settings
 from .options import MethodOptions
@@ -83,6 +88,37 @@ def repq_scheme(cfg: QuantConfig, opts: RepQOptions) -> dict:
     }
 
 
+def _layer_wise_params(point: TensorQuantizer):
+    """RepQ-ViT's Eq. 15/17 for a channel-wise point (s, z): the layer-wise (s~, z~) and the
+    per-channel (r1, b) with X' = X / r1 - b, whose layer-wise codes equal the channel-wise codes of X."""
+    s, z = point.quantizer.scale.detach().clone(), point.quantizer.zero_point.detach().clone()
+    s_mean, z_mean = s.mean(), torch.round(z.mean())
+    r1 = s / s_mean
+    b = (-z * s) / r1 + z_mean * s_mean
+    return s_mean, z_mean, r1, b
+
+
+def _absorb_into_consumer(layer: nn.Module, r1: torch.Tensor, b: torch.Tensor) -> None:
+    """The next linear takes X' = X / r1 - b: W·r1 per input channel, bias + (W·r1)·b."""
+    layer.weight.mul_(r1)
+    shift = layer.weight @ b
+    if layer.bias is None:
+        layer.bias = nn.Parameter(shift)
+    else:
+        layer.bias.add_(shift)
+    if isinstance(layer, QuantLinear):
+        layer.calibrate_weight()
+
+
+def _layer_wise_point(point: TensorQuantizer, s_mean, z_mean) -> TensorQuantizer:
+    layer_wise = TensorQuantizer(bits=point.bits, symmetric=False, axis=None, observer=point.observer_name,
+                                 observer_options=point.observer_options)
+    layer_wise.role = point.role
+    layer_wise.quantizer.set_params(s_mean.reshape(1), z_mean.reshape(1))
+    layer_wise.mode = point.mode
+    return layer_wise
+
+
 @torch.no_grad()
 def reparameterize_post_ln(model: nn.Module, ln_name: str, consumers: list[str]) -> None:
     """Fold a channel-wise post-LayerNorm quantizer into the LayerNorm and the linears it feeds."""
@@ -90,29 +126,37 @@ def reparameterize_post_ln(model: nn.Module, ln_name: str, consumers: list[str])
     point = ln.output_quantizer
     if point is None or point.axis is None or ln.weight is None:
         return
-    s, z = point.quantizer.scale.detach().clone(), point.quantizer.zero_point.detach().clone()
-    s_mean, z_mean = s.mean(), torch.round(z.mean())
-    r1 = s / s_mean
-    b = (-z * s) / r1 + z_mean * s_mean
+    s_mean, z_mean, r1, b = _layer_wise_params(point)
     ln.weight.div_(r1)
     if ln.bias is None:
         ln.bias = nn.Parameter(torch.zeros_like(ln.weight))
     ln.bias.div_(r1).sub_(b)
     for name in consumers:
-        linear = model.get_submodule(name)
-        linear.weight.mul_(r1)  # scales input channel c by r1[c]
-        shift = linear.weight @ b
-        if linear.bias is None:
-            linear.bias = nn.Parameter(shift)
-        else:
-            linear.bias.add_(shift)
-        if isinstance(linear, QuantLinear):
-            linear.calibrate_weight()
-    layer_wise = TensorQuantizer(bits=point.bits, symmetric=False, axis=None, observer=point.observer_name)
-    layer_wise.role = point.role
-    layer_wise.quantizer.set_params(s_mean.reshape(1), z_mean.reshape(1))
-    layer_wise.mode = point.mode
-    ln.output_quantizer = layer_wise
+        _absorb_into_consumer(model.get_submodule(name), r1, b)
+    ln.output_quantizer = _layer_wise_point(point, s_mean, z_mean)
+
+
+@torch.no_grad()
+def reparameterize_input(model: nn.Module, layer_name: str) -> None:
+    """The same reparameterization where the LayerNorm cannot take it: its output also feeds a
+    residual (post-LN blocks: BERT) or a layer kept in float. The linear gets its own
+    X' = X / r1 - b (an :class:`InputAffine`, one per-channel multiply-add in float), a layer-wise
+    input quantizer, and W·r1, bias + (W·r1)·b. Its codes equal the channel-wise codes exactly."""
+    layer = model.get_submodule(layer_name)
+    point = layer.input_quantizer
+    s_mean, z_mean, r1, b = _layer_wise_params(point)
+    affine = InputAffine(r1.numel())
+    affine.scale.copy_(1.0 / r1)
+    affine.shift.copy_(-b)
+    layer.input_affine = affine
+    _absorb_into_consumer(layer, r1, b)
+    layer.input_quantizer = _layer_wise_point(point, s_mean, z_mean)
+
+
+def channel_wise_inputs(model: nn.Module) -> list[str]:
+    """Layers whose own input point is channel-wise (post-LN points not taken by a LayerNorm)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantConv2d))
+            and m.input_quantizer is not None and m.input_quantizer.axis is not None and m.input_quantizer.kind == "uniform"]
 
 
 def reparameterize_softmax(model: nn.Module) -> int:
@@ -131,12 +175,16 @@ def repq_vit(model, calib, cfg: QuantConfig, opts: RepQOptions, progress: bool =
     post_ln, softmax = opts.post_ln, opts.softmax
     summary = prepare(model, repq_scheme(cfg, opts), cfg.components, cfg.exclude)
     calibrate(model, as_batches(calib), summary["components"], progress=progress, sequential=opts.sequential)
+    affines = 0
     if post_ln == "reparam":
         for ln_name, consumers in summary["post_ln_consumers"].items():
             if isinstance(model.get_submodule(ln_name), QuantLayerNorm):
                 reparameterize_post_ln(model, ln_name, consumers)
+        for name in channel_wise_inputs(model):
+            reparameterize_input(model, name)
+            affines += 1
     if softmax == "reparam":
         reparameterize_softmax(model)
-    summary["repq"] = {"post_ln": post_ln, "softmax": softmax}
+    summary["repq"] = {"post_ln": post_ln, "softmax": softmax, "input_affines": affines}
     summary["calibration"] = "sequential" if opts.sequential else "parallel"
     return model, summary

@@ -1,4 +1,5 @@
-"""Fake-quantized layers: QuantLinear, QuantConv2d, QuantMatMul and QuantLayerNorm.
+"""Fake-quantized layers: QuantLinear, QuantConv2d, QuantMatMul and QuantLayerNorm, and the
+per-channel InputAffine a scale reparameterization may put in front of a layer's input quantizer.
 
 QuantLinear and QuantConv2d subclass the float layers and keep their parameter names, so a
 state dict and any code that checks ``isinstance(m, nn.Linear)`` keep working.
@@ -13,15 +14,54 @@ from torch import nn
 from .tensor_quantizer import TensorQuantizer
 
 
+class InputAffine(nn.Module):
+    """``x * scale + shift`` per channel of the last axis, in float, before an input quantizer.
+
+    RepQ-ViT folds its post-LayerNorm reparameterization into the LayerNorm where the LayerNorm
+    feeds only linears. Where the LayerNorm output also feeds a residual (post-LN blocks such as
+    BERT) or a layer kept in float, the linear branch gets this affine instead: one per-channel
+    multiply-add that the runtime executes in float (declared in the export's notes).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("shift", torch.zeros(channels))
+
+    @property
+    def channels(self) -> int:
+        return self.scale.numel()
+
+    def structure_meta(self) -> dict:
+        return {"channels": self.channels}
+
+    @classmethod
+    def from_structure(cls, meta: dict, existing=None) -> "InputAffine":
+        return cls(int(meta["channels"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
 class _WeightedQuantMixin:
-    """Shared by QuantLinear and QuantConv2d: optional weight and input quantizers."""
+    """Shared by QuantLinear and QuantConv2d: optional weight and input quantizers, and an optional
+    per-channel affine on the input (before its quantizer)."""
 
     weight_quantizer: TensorQuantizer | None
     input_quantizer: TensorQuantizer | None
+    input_affine: InputAffine | None
 
     def _attach(self, weight_q: TensorQuantizer | None, input_q: TensorQuantizer | None):
         self.weight_quantizer = weight_q
         self.input_quantizer = input_q
+        self.input_affine = None
+
+    @classmethod
+    def from_structure(cls, meta: dict, existing=None):
+        return cls.from_float(existing)
 
     def calibrate_weight(self) -> None:
         """Weights need no data: observe them once and fix the weight scale."""
@@ -46,6 +86,8 @@ class _WeightedQuantMixin:
         return cache[1]
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_affine is not None:
+            x = self.input_affine(x)
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
 
@@ -87,6 +129,10 @@ class QuantMatMul(nn.Module):
         self.a_quantizer = a_quantizer
         self.b_quantizer = b_quantizer
 
+    @classmethod
+    def from_structure(cls, meta: dict, existing=None) -> "QuantMatMul":
+        return cls()
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.a_quantizer is not None:
             a = self.a_quantizer(a)
@@ -110,6 +156,10 @@ class QuantLayerNorm(nn.LayerNorm):
         new.weight, new.bias = ln.weight, ln.bias
         new.output_quantizer = output_q
         return new
+
+    @classmethod
+    def from_structure(cls, meta: dict, existing=None) -> "QuantLayerNorm":
+        return cls.from_float(existing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)

@@ -86,14 +86,23 @@ def _ema(old, new, momentum: float):
     return new if old is None else old + (1.0 - momentum) * (new - old)
 
 
+def _kth_smallest(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest value of each row (1-based): a partial top-k for the tails, where clipping
+    percentiles live (several times faster than kthvalue on large rows), kthvalue otherwise."""
+    n = rows.shape[1]
+    if k <= n // 16:
+        return torch.topk(rows, k, dim=1, largest=False, sorted=True).values[:, -1]
+    if n - k + 1 <= n // 16:
+        return torch.topk(rows, n - k + 1, dim=1, largest=True, sorted=True).values[:, -1]
+    return rows.kthvalue(k, dim=1).values
+
+
 def _row_quantiles(rows: torch.Tensor, q_lo: float, q_hi: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row lower and upper quantiles by order statistics (torch.quantile caps its input size)."""
     n = rows.shape[1]
     k_lo = min(max(int(round(q_lo * (n - 1))) + 1, 1), n)
     k_hi = min(max(int(round(q_hi * (n - 1))) + 1, 1), n)
-    lo = rows.kthvalue(k_lo, dim=1).values
-    hi = rows.kthvalue(k_hi, dim=1).values
-    return lo, hi
+    return _kth_smallest(rows, k_lo), _kth_smallest(rows, k_hi)
 
 
 class PercentileObserver(Observer):
@@ -142,7 +151,9 @@ class ReservoirSample:
         if self.values is not None:
             rows, keys = torch.cat([self.values, rows], 1), torch.cat([self.keys, keys])
         if self.k is not None and rows.shape[1] > self.k:
-            keep = torch.topk(keys, self.k, largest=False).indices.sort().values
+            # The k smallest keys, in no particular order (the order of a sample does not matter).
+            threshold = keys.kthvalue(self.k).values
+            keep = torch.nonzero(keys <= threshold).reshape(-1)[: self.k]
             rows, keys = rows[:, keep], keys[keep]
         self.values, self.keys = rows, keys
 
