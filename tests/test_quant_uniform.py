@@ -161,3 +161,26 @@ def test_params_from_range_formula():
     assert torch.allclose(s, torch.tensor([4.0 / 255])) and z.item() == 0
     y = fake_quantize(torch.tensor([10.0, -10.0]), s, z, 8, True)
     assert torch.allclose(y, torch.tensor([127 * 4.0 / 255, -128 * 4.0 / 255]))
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_inference_path_is_bit_identical_to_torch_and_the_training_path(axis):
+    """The fast in-place inference path gives exactly PyTorch's fake-quantize kernels' values and the
+    straight-through (training) path's, ties included."""
+
+    torch.manual_seed(0)
+    for trial in range(50):
+        x = torch.randn(300, 24) * float(torch.rand(1) * 8 + 0.1)
+        q = UniformQuantizer(4 if trial % 2 else 8, symmetric=bool(trial % 3 == 0), axis=axis)
+        q.set_range(x.amin(0) if axis is not None else x.min(), x.amax(0) if axis is not None else x.max())
+        step = q.scale.reshape(1, -1) if axis is not None else q.scale
+        x[:5] = (torch.arange(5).reshape(-1, 1) + 0.5) * step  # values on rounding ties
+        qmin, qmax = int_range(q.bits, q.symmetric)
+        if axis is None:
+            kernel = torch.fake_quantize_per_tensor_affine(x, q.scale.reshape(()), q.zero_point.int().reshape(()), qmin, qmax)
+        else:
+            kernel = torch.fake_quantize_per_channel_affine(x, q.scale, q.zero_point.int(), axis, qmin, qmax)
+        with torch.no_grad():
+            fast = q(x)
+        slow = fake_quantize(x, q.scale, q.zero_point, q.bits, q.symmetric, axis)
+        assert torch.equal(fast, kernel) and torch.equal(fast, slow)

@@ -121,13 +121,15 @@ class UniformQuantizer(nn.Module):
         return self._fused(x)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference path: PyTorch's one-kernel fake-quantize, the same values as :func:`fake_quantize`."""
+        """Inference path: the arithmetic of PyTorch's fake-quantize kernels (``x * (1/S)``, round
+        half to even, clamp, dequantize), as in-place ops on one new tensor: the same values as
+        ``torch.fake_quantize_per_{tensor,channel}_affine`` and :func:`fake_quantize` (tested bit for
+        bit), about three times faster on CPU than those kernels."""
         qmin, qmax = int_range(self.bits, self.symmetric)
-        zp = self.zero_point.to(torch.int32)
-        if self.axis is None or self.scale.numel() == 1:
-            return torch.fake_quantize_per_tensor_affine(x, self.scale.reshape(()).float(), zp.reshape(()), qmin, qmax)
-        axis = self.axis % x.dim()
-        return torch.fake_quantize_per_channel_affine(x, self.scale.float(), zp, axis, qmin, qmax)
+        s = broadcast_to_axis(self.scale.detach().float(), x, self.axis)
+        z = broadcast_to_axis(self.zero_point.float(), x, self.axis)
+        y = x * (1.0 / s)
+        return y.round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)
 
     def extra_repr(self) -> str:
         where = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
