@@ -44,8 +44,29 @@ def test_only_8_bits(models):
         vitq.quantize(models["CLIPModel"], vitq.QuantConfig(method="dynamic", bits="W4A4"), progress=False)
 
 
-def test_needs_no_calibration(models):
+def _int8_reference(x, weight_codes, weight_scale, bias, per_token: bool):
+    """Symmetric int8 activations (scale = amax / 127.5, codes round(x / s)) times int8 weights."""
+    amax = x.abs().amax(-1, keepdim=True) if per_token else x.abs().amax()
+    s = amax / 127.5
+    codes = torch.clamp(torch.round(x * (1 / s)), -128, 127)
+    return (codes @ weight_codes.float().T) * s * weight_scale.reshape(1, -1) + bias
+
+
+def test_activation_scales_are_computed_per_token_at_run_time(models):
+    """No calibration: each token gets its own int8 scale when it arrives. Rows a million times apart
+    in magnitude are each quantized as finely as their own range allows; one static scale would
+    wipe out the small rows."""
     q = vitq.quantize(models["ViTForImageClassification"], vitq.QuantConfig(method="dq-clip"), progress=False)
-    x = sample_inputs()["pixel_values"]
+    assert q.vitq_info["dynamic"]["count"] == len(int8_layers(q, ""))
+    layer = q.vit.layers[0].mlp.fc1
+    w = layer.weight
+    x = torch.randn(6, w.shape[1], generator=torch.Generator().manual_seed(0)) * torch.tensor([[1e-3], [1.0], [1e3], [1e-3], [1.0], [1e3]])
     with torch.no_grad():
-        assert q(pixel_values=x).logits.shape == (3, 5)
+        got = layer(x)
+        float_out = torch.nn.functional.linear(x, models["ViTForImageClassification"].vit.layers[0].mlp.fc1.weight, layer.bias)
+    per_token = _int8_reference(x, w.qdata, w.scale, layer.bias, per_token=True)
+    static = _int8_reference(x, w.qdata, w.scale, layer.bias, per_token=False)
+    rel = lambda a, b: ((a - b).abs() / b.abs().amax(-1, keepdim=True)).amax(-1)  # noqa: E731  per row
+    assert (rel(got, per_token) < 1e-5).all()  # exactly the per-token int8 computation
+    assert (rel(got, float_out) > 1e-4).all()  # which really is quantized
+    assert rel(static, float_out)[[0, 3]].min() > 0.5  # a static scale would lose the small rows

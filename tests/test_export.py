@@ -35,6 +35,20 @@ def _simulated(q, tower, *args):
         return tower_module(q, tower)(*args)
 
 
+def assert_like_simulation(got, sim, fp, factor=0.05):
+    """The export agrees with the simulation far more closely than the simulation agrees with the
+    float model: a dropped, mis-scaled or saturating quantizer moves it by about the quantization
+    error itself (here 6e-5 to 4e-2 in 1 - cosine), an exact export by float rounding (about 1e-7).
+    One input may sit on a rounding boundary that the runtime's float ops cross (1e-5 seen on one
+    of 168 real images), so the bound on the worst input is the quantization error itself."""
+    err_export = 1 - _cosine(got, sim)
+    err_quant = 1 - _cosine(sim, fp)
+    typical = err_quant.median()
+    assert typical > 1e-5, "quantization too weak for the comparison to mean anything"
+    assert err_export.median() <= factor * typical and err_export.max() <= typical, (
+        err_export.median().item(), err_export.max().item(), typical.item())
+
+
 @pytest.fixture(scope="module")
 def clip_w8a8(models, tmp_path_factory):
     q = _quantize(models["CLIPModel"])
@@ -93,18 +107,20 @@ def test_graph_has_vitq_scales_int8_weights_and_float_norms(clip_w8a8):
         assert all("embedding" in n or "position" in n for n in names), names  # only embedding tables stay float
 
 
-def test_onnxruntime_agrees_with_simulation(clip_w8a8):
+def test_onnxruntime_agrees_with_simulation(clip_w8a8, models):
     q, out = clip_w8a8
+    fp = models["CLIPModel"]
     exported = ExportedModel(out)
     for seed, batch in ((1, 3), (2, 5)):  # dynamic batch
         x = sample_inputs(seed=seed, batch=batch)
-        assert _cosine(exported.encode_image(x["pixel_values"]), _simulated(q, "image", x["pixel_values"])).min() >= 0.999
-        ref = _simulated(q, "text", x["input_ids"], x["attention_mask"])
-        assert _cosine(exported.encode_text(x["input_ids"], x["attention_mask"]), ref).min() >= 0.999
+        px = x["pixel_values"]
+        assert_like_simulation(exported.encode_image(px), _simulated(q, "image", px), _simulated(fp, "image", px))
+        text = (x["input_ids"], x["attention_mask"])
+        assert_like_simulation(exported.encode_text(*text), _simulated(q, "text", *text), _simulated(fp, "text", *text))
     ids = torch.randint(3, 120, (2, 13))  # another sequence length
     ids[:, -1] = 2
     mask = torch.ones_like(ids)
-    assert _cosine(exported.encode_text(ids, mask), _simulated(q, "text", ids, mask)).min() >= 0.999
+    assert_like_simulation(exported.encode_text(ids, mask), _simulated(q, "text", ids, mask), _simulated(fp, "text", ids, mask))
 
 
 def test_weights_are_one_byte_each(clip_w8a8):
@@ -131,7 +147,7 @@ def test_classifier_top1_agrees_on_real_images(models, tmp_path):
     ref = _simulated(q, "image", test)
     assert len(test) >= 100
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.99
-    assert _cosine(got, ref).min() >= 0.999
+    assert_like_simulation(got, ref, _simulated(models["ViTForImageClassification"], "image", test))
 
 
 def test_w4a4_exports_unpacked_to_int8(models, tmp_path):
@@ -143,7 +159,7 @@ def test_w4a4_exports_unpacked_to_int8(models, tmp_path):
     assert codes and all(c.min() >= -8 and c.max() <= 7 for c in codes)  # 4-bit codes in int8 storage
     x = sample_inputs(seed=3, batch=4)["pixel_values"]
     got = ExportedModel(out).encode_image(x)
-    assert _cosine(got, _simulated(q, "image", x)).min() >= 0.999
+    assert_like_simulation(got, _simulated(q, "image", x), _simulated(models["CLIPModel"], "image", x))
     from vitq.export.sizes import size_report
 
     vitq.save(q, tmp_path / "m")
@@ -154,11 +170,21 @@ def test_w4a4_exports_unpacked_to_int8(models, tmp_path):
 
 
 def test_log_softmax_quantizer_exports_as_float_ops(models, tmp_path):
-    q = _quantize(models["ViTForImageClassification"], method="repq-vit", calib=[sample_inputs(seed=5, batch=8)["pixel_values"]])
-    assert any(p.kind != "uniform" for _, p in quantizers(q))
+    """RepQ-ViT's shift-only log2 post-Softmax points become float ops (one Log and the parity's
+    Ceil per point), and at W4A4, where every quantizer's effect is visible, the export computes
+    the simulation."""
+    model = models["ViTForImageClassification"]
+    q = _quantize(model, bits="W4A4", method="repq-vit", calib=[sample_inputs(seed=5, batch=8)["pixel_values"]])
+    logs = [p for _, p in quantizers(q) if p.kind == "log2_parity"]
+    assert len(logs) == 2
     out = export_onnx(q, tmp_path / "onnx")
+    ops = [n.op_type for n in onnx.load(str(out / "image.onnx")).graph.node]
+    assert ops.count("Log") == len(logs) and ops.count("Ceil") == len(logs)
     x = sample_inputs(seed=3, batch=4)["pixel_values"]
-    assert _cosine(ExportedModel(out).encode_image(x), _simulated(q, "image", x)).min() >= 0.99
+    assert_like_simulation(ExportedModel(out).encode_image(x), _simulated(q, "image", x), _simulated(model, "image", x))
+    for p in logs:  # without the log points the export would not match
+        p.enabled = False
+    assert (1 - _cosine(ExportedModel(out).encode_image(x), _simulated(q, "image", x))).max() > 1e-4
 
 
 def test_load_with_runtime_gives_encode_interface(models, tmp_path):
@@ -171,7 +197,8 @@ def test_load_with_runtime_gives_encode_interface(models, tmp_path):
     img = m.get_image_features(pixel_values=x["pixel_values"]).pooler_output
     txt = m.get_text_features(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).pooler_output
     assert torch.equal(img, m.encode_image(x["pixel_values"])) and img.shape == (3, 16) and txt.shape == (3, 16)
-    assert _cosine(txt, _simulated(q, "text", x["input_ids"], x["attention_mask"])).min() >= 0.999
+    text = (x["input_ids"], x["attention_mask"])
+    assert_like_simulation(txt, _simulated(q, "text", *text), _simulated(models["CLIPModel"], "text", *text))
     assert m.config.projection_dim == 16
     with pytest.raises(ConfigError, match="unknown runtime"):
         vitq.load(tmp_path / "m", runtime="tensorrt")
@@ -189,12 +216,15 @@ def test_classifier_interface_returns_logits(models, tmp_path):
     assert torch.equal(family_of(q).encode_image(m, x), logits)
 
 
-def test_openvino_runtime_agrees(clip_w8a8):
+def test_openvino_runtime_agrees(clip_w8a8, models):
     pytest.importorskip("openvino")
     q, out = clip_w8a8
     x = sample_inputs(seed=6)
-    got = ExportedModel(out, runtime="openvino").encode_image(x["pixel_values"])
-    assert _cosine(got, _simulated(q, "image", x["pixel_values"])).min() >= 0.999
+    m = ExportedModel(out, runtime="openvino")
+    px = x["pixel_values"]
+    assert_like_simulation(m.encode_image(px), _simulated(q, "image", px), _simulated(models["CLIPModel"], "image", px))
+    text = (x["input_ids"], x["attention_mask"])
+    assert_like_simulation(m.encode_text(*text), _simulated(q, "text", *text), _simulated(models["CLIPModel"], "text", *text))
 
 
 def test_unquantized_model_is_refused(models, tmp_path):
@@ -229,7 +259,7 @@ def test_other_families_export_and_agree(models, tmp_path, cls):
     for tower in m.towers:
         args = (x["pixel_values"],) if tower == "image" else (x["input_ids"], x["attention_mask"])
         got = m.encode_image(*args) if tower == "image" else m.encode_text(*args)
-        assert _cosine(got, _simulated(q, tower, *args)).min() >= 0.999
+        assert_like_simulation(got, _simulated(q, tower, *args), _simulated(models[cls], tower, *args))
 
 
 def test_symmetric_attention_exports_signed_qkv(models, tmp_path):
@@ -241,7 +271,7 @@ def test_symmetric_attention_exports_signed_qkv(models, tmp_path):
     qkv = [p for n, p in quantizers(q) if n.startswith("vision_model.") and p.role in ("attn_q", "attn_k", "attn_v")]
     assert sum(z.dtype == np.int8 for z in zps) == len(qkv) and all(p.quantizer.symmetric for p in qkv)
     x = sample_inputs(seed=3, batch=4)["pixel_values"]
-    assert _cosine(ExportedModel(out).encode_image(x), _simulated(q, "image", x)).min() >= 0.999
+    assert_like_simulation(ExportedModel(out).encode_image(x), _simulated(q, "image", x), _simulated(models["CLIPModel"], "image", x))
 
 
 def _zoo_clip():

@@ -78,9 +78,15 @@ def test_reparameterization_keeps_float_function(models, inputs, cls):
     set_mode(q, "fp")
     for a, b in zip(encode_all(model, inputs), encode_all(q, inputs)):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
-    # the LayerNorms and the linears after them really changed
-    ln_weights = [m.weight for m in q.modules() if isinstance(m, QuantLayerNorm)]
-    assert ln_weights and any(not torch.allclose(w, torch.ones_like(w)) for w in ln_weights)
+    # the LayerNorms and the linears after them really changed, in every tower (a dual encoder's
+    # post-LN BERT tower through its consumers' input affines)
+    from vitq.models.families import component_of, family_of
+
+    fam = family_of(q)
+    for comp in fam.components:
+        lns = [m.weight for n, m in q.named_modules() if isinstance(m, QuantLayerNorm) and component_of(fam, n) == comp]
+        affines = [m for n, m in q.named_modules() if isinstance(m, InputAffine) and component_of(fam, n) == comp]
+        assert any(not torch.allclose(w, torch.ones_like(w)) for w in lns) or any(not torch.allclose(a.scale, torch.ones_like(a.scale)) for a in affines), comp
 
 
 @pytest.mark.parametrize("cls", FAMILIES)
