@@ -38,8 +38,10 @@ def make_models(folder):
             vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=16)
         T.CLIPModel(cfg).save_pretrained(folder / name)
         tok.save_pretrained(folder / name)
+        T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder / name)
     torch.manual_seed(0)
     T.ViTForImageClassification(T.ViTConfig(image_size=32, patch_size=8, num_labels=3, **small)).save_pretrained(folder / "vit")
+    T.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "vit")
     colors = folder / "colors"
     for i, (name, rgb) in enumerate({"blue": (9, 9, 240), "green": (9, 240, 9), "red": (240, 9, 9)}.items()):
         (colors / name).mkdir(parents=True)

@@ -7,7 +7,7 @@ Folder layout::
     quant_state.json     per point: kind, bits, axis, symmetric, scales and zero-points
     model.safetensors    float tensors, and integer weight codes (two 4-bit codes per byte)
     manifest.json        SHA-256 of every file, checked on load
-    (tokenizer and image-processor files of the source model, when it had them)
+    (the tokenizer and image-processor files of the source model, from its folder or the hub cache)
 
 Writing goes to a temporary folder renamed into place, so an interrupted save never leaves a
 half-written folder nor damages the previous one.
@@ -34,10 +34,6 @@ from .quant.uniform import int_range
 
 FORMAT = "vitq-quantized"
 FORMAT_VERSION = 1
-_SIDE_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
-    "preprocessor_config.json", "processor_config.json",
-)
 
 
 def _packed_weights(model: nn.Module) -> dict[str, dict]:
@@ -51,11 +47,6 @@ def _packed_weights(model: nn.Module) -> dict[str, dict]:
             qmin, _ = int_range(wq.bits, wq.symmetric)
             out[f"{name}.weight"] = {"bits": wq.bits, "qmin": qmin, "shape": list(m.weight.shape), "quantizer": f"{name}.weight_quantizer"}
     return out
-
-
-def _source_folder(model: nn.Module) -> Path | None:
-    src = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    return Path(src) if src and Path(src).is_dir() else None
 
 
 def _write_json(path: Path, obj) -> None:
@@ -121,11 +112,9 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
         detail[name] = dict(points[name], scale=q.quantizer.scale.detach().reshape(-1).tolist(),
                             zero_point=getattr(q.quantizer, "zero_point", torch.zeros(1)).reshape(-1).tolist())
     _write_json(folder / "quant_state.json", detail)
-    src = _source_folder(model)
-    if src is not None:
-        for f in _SIDE_FILES:
-            if (src / f).is_file():
-                shutil.copy2(src / f, folder / f)
+    from .models.side_files import save_side_files
+
+    save_side_files(model, folder)
     manifest = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
     _write_json(folder / "manifest.json", {"sha256": manifest})
 

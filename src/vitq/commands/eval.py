@@ -30,6 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--templates", default="ensemble7",
                    help="zero-shot prompts: ensemble7, imagenet80, simple, a template like 'a photo of a {}.', or a file of templates")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id, when the model folder has none")
+    p.add_argument("--preprocess", choices=("processor", "clip", "imagenet", "inception"),
+                   help="image normalisation when the model has no saved image processor: clip, imagenet or inception "
+                        "mean/std (resize and crop to the config's image size); processor insists on the saved one")
     p.add_argument("--label-map", default="auto", choices=("auto", "names", "index"),
                    help="top1: match data classes to model labels by name or by index (default: names when they all match)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them instead of stopping")
@@ -72,6 +75,7 @@ def run(args) -> int:
         skip_bad=args.skip_bad, templates=args.templates, tokenizer=args.tokenizer, train_data=args.train_data,
         num_workers=args.workers, cache_dir=args.cache_dir, plot=plot, progress=not args.quiet,
         label_map=args.label_map, cost=args.cost, checkpoint=args.checkpoint, resume=args.resume,
+        preprocess=args.preprocess,
     )
     result["model"] = args.model  # the spec as the user wrote it
     if args.reference:

@@ -21,6 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep modules matching this fnmatch pattern in full precision (repeatable)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. percentile=99.9 (repeatable)")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id, when the model folder has none")
+    p.add_argument("--preprocess", choices=("processor", "clip", "imagenet", "inception"),
+                   help="image normalisation when the model has no saved image processor (see vitq eval --help)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable calibration images instead of stopping")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder")
@@ -101,7 +103,7 @@ def run(args) -> int:
         tokenizer = resolve_tokenizer(model, args.tokenizer)
     batches = None
     if needs_calib:
-        batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model),
+        batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model, preprocess=args.preprocess),
                                       tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad)
     qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet)
     save(qmodel, args.out, overwrite=args.overwrite)

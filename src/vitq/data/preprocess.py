@@ -1,8 +1,11 @@
 """PIL image → model input tensor, the way the model expects it.
 
-A model that ships an image processor (``preprocessor_config.json`` beside its weights: CLIP, ViT,
-DeiT, Swin from the hub) is fed through that processor, so evaluation matches the model card. A
-model built in memory has none: then the size comes from its config and the mean/std are CLIP's.
+A model that ships an image processor (``preprocessor_config.json`` beside its weights or in the
+hub cache: CLIP, ViT, DeiT, Swin from the hub) is fed through that processor, so evaluation
+matches the model card. A model from a folder or hub id *without* a processor is refused unless
+``preprocess`` names its normalisation (``clip``, ``imagenet``, ``inception``: resize and crop to the
+config's image size, then that mean/std), because guessing it would silently cost accuracy. Only a
+model built in memory (no source at all) falls back to its config's size and CLIP's mean/std.
 Only PIL, numpy and torch are used (torchvision is not a dependency).
 """
 
@@ -20,6 +23,13 @@ from ..errors import ModelError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROCESSOR_FILE = "preprocessor_config.json"
+# Named normalisations for --preprocess: (mean, std) of the pixel values in [0, 1].
+PRESETS = {
+    "clip": (CLIP_MEAN, CLIP_STD),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+PREPROCESS_CHOICES = ("processor", *PRESETS)
 
 
 class ResizeCropNormalize:
@@ -114,38 +124,73 @@ def _folder_of(model) -> Path | None:
     return None
 
 
-def image_transform(source, processor=None):
+def _preset(name: str, config) -> ResizeCropNormalize:
+    if name not in PRESETS:
+        raise ModelError(f"unknown preprocessing {name!r}", hint=f"use one of: {', '.join(PREPROCESS_CHOICES)}")
+    size = image_size_of(config) if config is not None else 224
+    mean, std = PRESETS[name]
+    return ResizeCropNormalize(size, size, mean=mean, std=std)
+
+
+def _missing_processor(where) -> ModelError:
+    return ModelError(
+        f"{where} has no image processor ({PROCESSOR_FILE}), so vitq cannot tell how its images were resized and normalised",
+        hint=f"pass --preprocess {'|'.join(PRESETS)} (preprocess=...: the mean/std the model was trained with), "
+             "or save the model's image processor beside it",
+    )
+
+
+def _folder_config(folder: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder))
+    except Exception:  # not a transformers config (e.g. a vitq folder with its own format)
+        raw = json.loads((folder / "config.json").read_text())
+        size = (raw.get("vision_config") or {}).get("image_size") or raw.get("image_size") or 224
+        return type("Config", (), {"image_size": int(size)})()
+
+
+def image_transform(source, processor=None, preprocess: str | None = None):
     """A PIL → tensor transform for ``source``: a model (HF ``PreTrainedModel``) or a model folder.
 
-    Order of preference: an explicit ``processor``; the processor saved in the model's folder; the
-    size in the model's ``config`` with CLIP's mean/std (tiny models built in memory).
+    Order of preference: an explicit ``processor``; an explicit ``preprocess`` preset (``clip``,
+    ``imagenet``, ``inception``; ``processor`` insists on the saved processor); the processor saved in
+    the model's folder or hub cache. A model with a source but no processor is an error; a model
+    built in memory uses its config's size with CLIP's mean/std.
     """
     if processor is not None:
         return ProcessorTransform(processor)
+    if preprocess is not None and preprocess not in PREPROCESS_CHOICES:
+        raise ModelError(f"unknown preprocessing {preprocess!r}", hint=f"use one of: {', '.join(PREPROCESS_CHOICES)}")
+    preset = preprocess if preprocess in PRESETS else None
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if folder.is_dir():
+            has_config = (folder / "config.json").is_file()
+            if preset:
+                return _preset(preset, _folder_config(folder) if has_config else None)
             if (folder / PROCESSOR_FILE).is_file():
                 return ProcessorTransform(_load_processor(folder))
-            if (folder / "config.json").is_file():
-                from transformers import AutoConfig
-
-                try:
-                    return transform_from_config(AutoConfig.from_pretrained(str(folder)))
-                except Exception:  # not a transformers config (e.g. a vitq folder with its own format)
-                    raw = json.loads((folder / "config.json").read_text())
-                    size = (raw.get("vision_config") or {}).get("image_size") or raw.get("image_size") or 224
-                    return ResizeCropNormalize(int(size), int(size))
+            if has_config:
+                raise _missing_processor(folder)
             raise ModelError(f"{folder} has neither {PROCESSOR_FILE} nor config.json",
                              hint="pass a model folder saved with save_pretrained")
+        if preset:
+            return _preset(preset, None)
         return ProcessorTransform(_load_processor(source))  # a hub id, from the local cache when offline
+    config = getattr(source, "config", None)
+    if preset:
+        return _preset(preset, config)
     folder = _folder_of(source)
     if folder is not None and (folder / PROCESSOR_FILE).is_file():
         return ProcessorTransform(_load_processor(folder))
-    cached = _cached_hub_processor(getattr(source, "name_or_path", None))
+    name = getattr(source, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    cached = _cached_hub_processor(name)
     if cached is not None:
         return ProcessorTransform(cached)
-    config = getattr(source, "config", None)
+    if name or preprocess == "processor":
+        raise _missing_processor(name or type(source).__name__)
     if config is None:
         raise ModelError(f"cannot tell the input size of {type(source).__name__}",
                          hint="pass transform=… (e.g. vitq.data.ResizeCropNormalize(224))")

@@ -36,7 +36,7 @@ def fidelity(model, data, opts: EvalOptions, reference=None) -> dict:
         raise ConfigError(f"cannot compare a {type(model).__name__} with a {type(reference).__name__}",
                           hint="the reference must be the same kind of model (the one that was quantized)")
     # Both models see the reference's preprocessing: the quantized model was calibrated on it.
-    transform = opts.transform or image_transform(reference)
+    transform = opts.transform or image_transform(reference, preprocess=opts.preprocess)
     if is_dual_encoder(model):
         if is_caption_source(data):
             return _dual_on_captions(model, reference, data, transform, opts)

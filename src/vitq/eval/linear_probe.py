@@ -66,7 +66,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 def linear_probe(model, data, opts: EvalOptions, reference=None) -> dict:
     if opts.train_data is None:
         raise ConfigError("the linear probe needs training images", hint="pass --train-data PATH (a folder or zip of class folders)")
-    transform = opts.transform or image_transform(model)
+    transform = opts.transform or image_transform(model, preprocess=opts.preprocess)
     train_limit = opts.train_limit or opts.limit
     train = open_images(opts.train_data, transform, train_limit, opts.seed, opts.skip_bad)
     test = open_images(data, transform, opts.limit, opts.seed, opts.skip_bad)

@@ -19,6 +19,7 @@ class EvalOptions:
     templates: str | Sequence[str] = "ensemble7"
     tokenizer: Any = None  # a tokenizer, or a folder / hub id to load one from
     transform: Callable | None = None  # PIL → tensor; default: the model's own preprocessing
+    preprocess: str | None = None  # without a saved image processor: clip, imagenet or inception mean/std
     train_data: Any = None  # linear probe: training images (a path or an ImageFolder)
     num_workers: int = 0
     text_batch_size: int = 256

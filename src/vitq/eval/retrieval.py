@@ -32,7 +32,7 @@ def encode_captions(model, tokenizer, texts, opts: EvalOptions, desc: str = "cap
 def retrieval(model, data, opts: EvalOptions, reference=None) -> dict:
     require_dual_encoder(model, "image-text retrieval")
     tokenizer = resolve_tokenizer(model, opts.tokenizer)
-    dataset = open_captions(data, opts.transform or image_transform(model), opts.limit, opts.seed, opts.skip_bad)
+    dataset = open_captions(data, opts.transform or image_transform(model, preprocess=opts.preprocess), opts.limit, opts.seed, opts.skip_bad)
     images = run_images(dataset, lambda x: image_embeddings(model, x), device_of(model), opts.batch_size,
                         opts.num_workers, desc="retrieval images", progress=opts.progress, checkpoint=opts.checkpointer())
     texts, owner = kept_captions(dataset, images.targets)

@@ -24,7 +24,7 @@ def zero_shot(model, data, opts: EvalOptions, reference=None) -> dict:
     require_dual_encoder(model, "zero-shot classification")
     templates = resolve_templates(opts.templates)
     tokenizer = resolve_tokenizer(model, opts.tokenizer)
-    dataset = open_images(data, opts.transform or image_transform(model), opts.limit, opts.seed, opts.skip_bad)
+    dataset = open_images(data, opts.transform or image_transform(model, preprocess=opts.preprocess), opts.limit, opts.seed, opts.skip_bad)
     weights = class_embeddings(model, tokenizer, dataset.class_names, templates, opts.text_batch_size,
                                opts.cache_dir, opts.progress)
     device = device_of(model)

@@ -153,20 +153,14 @@ def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPS
 
 
 def _copy_side_files(model: nn.Module, out: Path) -> None:
-    """config.json, and the tokenizer/processor files of the source folder, so the export stands alone."""
-    import shutil
-
-    from ..saving import _SIDE_FILES
+    """config.json, and the model's tokenizer/processor files, so the export stands alone."""
+    from ..models.side_files import save_side_files
 
     config = getattr(model, "config", None)
     if config is None:
         return
     config.to_json_file(str(out / "config.json"))
-    src = getattr(config, "_name_or_path", "") or ""
-    if src and Path(src).is_dir() and Path(src).resolve() != out.resolve():
-        for name in _SIDE_FILES:
-            if (Path(src) / name).is_file():
-                shutil.copy2(Path(src) / name, out / name)
+    save_side_files(model, out)
 
 
 def _notes(summary: dict, meta: dict) -> list[str]:
