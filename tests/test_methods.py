@@ -169,3 +169,39 @@ def test_sequential_repq_is_the_default_and_keeps_the_float_function(models, inp
     set_mode(q, "fp")
     for a, b in zip(encode_all(model, inputs), encode_all(q, inputs)):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fqvit_scope_adds_its_points_and_they_quantize(models, inputs, tmp_path):
+    """--option scope=fqvit also quantizes FQ-ViT's pre-Softmax scores, linear outputs, residual sums
+    and embeddings; each really rounds onto its grid, the float function is kept with the points off,
+    and the model saves and reloads (output hooks included)."""
+    from test_adapters import encode_all
+
+    model = models["ViTForImageClassification"]
+    q = quantize(model, "minmax", options={"scope": "fqvit"})
+    layers = len(model.vit.layers)
+    counts = {role: e["count"] for role, e in q.vitq_info["quantized"].items()}
+    assert counts["attn_scores"] == layers and counts["embed"] == 1
+    assert counts["linear_out"] == 2 * layers + 1  # out-proj and fc2 of every block, the patch embedding
+    assert counts["residual"] == 2 * layers  # second LayerNorm's input and the block output
+    assert "attn_scores" not in quantize(model, "minmax").vitq_info["quantized"]
+    block = q.vit.layers[1]
+    seen = {}
+
+    def grab(module, args, out):
+        seen["out"] = out[0] if isinstance(out, tuple) else out
+
+    handle = block.register_forward_hook(grab)
+    with torch.no_grad():
+        q(pixel_values=inputs["pixel_values"])
+    handle.remove()
+    uq = block.vitq_output.quantizer
+    codes = seen["out"] / uq.scale + uq.zero_point
+    assert torch.allclose(codes, codes.round(), atol=1e-3)  # the block output sits on its 8-bit grid
+    vitq.save(q, tmp_path / "m")
+    back = vitq.load(tmp_path / "m")
+    for a, b in zip(encode_all(q, inputs), encode_all(back, inputs)):
+        assert torch.equal(a, b)
+    set_mode(q, "fp")  # (a saved folder keeps integer weights, so only the in-memory model has the float ones)
+    for a, b in zip(encode_all(model, inputs), encode_all(q, inputs)):
+        assert torch.allclose(a, b, atol=1e-5)

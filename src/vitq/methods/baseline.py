@@ -24,8 +24,12 @@ from .options import MethodOptions
 class BaselineOptions(MethodOptions):
     symmetric_attention: bool = False
     sequential: bool = False
+    scope: str = "vitq"
 
+    CHOICES = {"scope": ("vitq", "fqvit")}
     HELP = {
+        "scope": "vitq: the inputs of linears and attention matmuls; fqvit: also FQ-ViT's pre-Softmax scores, "
+                 "linear outputs, residual sums and embeddings",
         "symmetric_attention": "signed q, k, v (zero-point 0): OpenVINO runs attention in int8 only then",
         "sequential": "calibrate points in forward order on quantized inputs (FQ-ViT: all at once on float activations)",
         "momentum": "weight of the history in the moving average of batch ranges (FQ-ViT's sigma = 1 - momentum = 0.01)",
@@ -69,6 +73,7 @@ def _baseline(observer: str):
         summary = prepare(model, scheme, cfg.components, cfg.exclude)
         calibrate(model, as_batches(calib), summary["components"], progress=progress, sequential=opts.sequential)
         summary["calibration"] = "sequential" if opts.sequential else "parallel"
+        summary["scope"] = opts.scope
         return model, summary
 
     run.__name__ = f"{observer}_baseline"

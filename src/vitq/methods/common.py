@@ -32,7 +32,7 @@ def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", opts=None) -> di
     attn = dict(act, bits=cfg.attn_bits)
     # Option symmetric_attention: signed q, k, v (Z = 0), which lets OpenVINO run attention in int8.
     qkv = dict(attn, symmetric=True) if getattr(opts, "symmetric_attention", False) else attn
-    return {
+    scheme = {
         "weight": dict(bits=cfg.w_bits, symmetric=True, axis=0, **observer_settings("minmax")),
         "input": act,
         "post_ln": act,
@@ -42,6 +42,11 @@ def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", opts=None) -> di
         "softmax": attn,
         "attn_v": qkv,
     }
+    if getattr(opts, "scope", "vitq") == "fqvit":
+        # FQ-ViT's scope (its QAct points): also the pre-Softmax scores, linear outputs, residual
+        # sums and embeddings, all with the activation quantizer (FQ-ViT's BIT_TYPE_A).
+        scheme.update(attn_scores=act, linear_out=act, residual=act, embed=act)
+    return scheme
 
 
 def _as_input_dict(b) -> dict:

@@ -3,7 +3,8 @@
 Every supported model family calls ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`` with
 the attention module, so switching the implementation to ``vitq_eager`` routes q·kᵀ and
 softmax·v through the module's ``vitq_qk`` and ``vitq_pv`` QuantMatMuls without copying any
-modeling code. LayerNorm, Softmax and the scaling stay in floating point.
+modeling code (and the scaled scores through ``vitq_scores`` where a scheme quantizes them).
+LayerNorm, Softmax and the scaling stay in floating point.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def quant_eager_attention(
     pv = getattr(module, "vitq_pv", None)
     key_t = key.transpose(-1, -2)
     scores = (qk(query, key_t) if qk is not None else torch.matmul(query, key_t)) * scaling
+    pre_softmax = getattr(module, "vitq_scores", None)  # FQ-ViT's scope: the scores are quantized too
+    if pre_softmax is not None:
+        scores = pre_softmax(scores)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)

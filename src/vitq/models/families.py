@@ -36,6 +36,7 @@ class BlockRoles:
     fc2: str
     ln_attn: str | None = None
     ln_mlp: str | None = None
+    residual_lns: tuple[str, ...] = ()  # post-LN blocks: the LayerNorms whose input is a residual sum
 
 
 _VIT_LIKE = BlockRoles(
@@ -49,6 +50,7 @@ _CLIP = BlockRoles(
 _BERT = BlockRoles(
     attention="attention.self", q="attention.self.query", k="attention.self.key", v="attention.self.value",
     out="attention.output.dense", fc1="intermediate.dense", fc2="output.dense",
+    residual_lns=("attention.output.LayerNorm", "output.LayerNorm"),
 )
 
 # Block classes by name (transformers 5.x). Matching by class name keeps subclasses of other

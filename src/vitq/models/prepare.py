@@ -10,6 +10,16 @@ A *scheme* maps each role to the settings of its quantizer (``None``: leave that
 - ``patch_input``: the input of the patch-embedding Conv2d (falls back to ``input`` when absent)
 - ``input``: the input of every other Linear/Conv2d (attention output, heads)
 
+FQ-ViT's fuller scope adds (``None`` in vitq's own schemes):
+
+- ``attn_scores``: the scaled q·kᵀ scores entering the Softmax
+- ``linear_out``: the outputs of the attention output projection, fc2 and the patch embedding
+- ``residual``: the residual sums: each pre-LN block's output and the input of its second
+  LayerNorm (post-LN blocks: the inputs of their LayerNorms). Inside a pre-LN block the sum also
+  continues, unquantized, along the residual path, which transformers computes inside the block's
+  forward where no module sees it: a documented difference from FQ-ViT.
+- ``embed``: the output of each embedding layer (patches, class token and positions summed)
+
 ``prepare`` returns a summary whose ``post_ln_consumers`` maps each quantized LayerNorm to the
 linears it feeds: what a scale reparameterization (RepQ-ViT) folds into.
 """
@@ -22,10 +32,12 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer
+from ..nn.modules import attach_output_point
 from .attention import use_quant_attention
 from .families import BLOCKS, EXTRA_PRE_LN, Family, component_of, family_of
 
-ROLES = ("weight", "input", "patch_input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v")
+ROLES = ("weight", "input", "patch_input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v",
+         "attn_scores", "linear_out", "residual", "embed")
 
 
 def make_point(scheme: dict, role: str) -> TensorQuantizer | None:
@@ -85,6 +97,9 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         for c in consumers:
             input_role[c] = None
 
+    outputs: list[str] = []  # layers whose output is quantized (linear_out)
+    residual_lns: list[str] = []  # LayerNorms whose input is a residual sum
+    residual_blocks: list[str] = []  # pre-LN blocks, whose output is a residual sum
     for name, block in list(modules.items()):
         roles = BLOCKS.get(type(block).__name__)
         if roles is None or component_of(family, name) not in comps:
@@ -105,6 +120,14 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
             attn = modules[attn_name]
             attn.vitq_qk = QuantMatMul(make_point(scheme, "attn_q"), make_point(scheme, "attn_k"))
             attn.vitq_pv = QuantMatMul(make_point(scheme, "softmax"), make_point(scheme, "attn_v"))
+            if scheme.get("attn_scores") is not None:
+                attn.vitq_scores = make_point(scheme, "attn_scores")
+        outputs += [p(roles.out), p(roles.fc2)]
+        if roles.ln_attn:
+            residual_lns.append(p(roles.ln_mlp))
+            residual_blocks.append(name)
+        else:
+            residual_lns += [p(r) for r in roles.residual_lns]
 
     for name, module in list(modules.items()):
         extra = EXTRA_PRE_LN.get(type(module).__name__)
@@ -119,6 +142,26 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         role = input_role.get(name, default)
         wrapper = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
         new = wrapper.from_float(module, make_point(scheme, "weight"), make_point(scheme, role) if role else None)
+        if scheme.get("linear_out") is not None and (name in outputs or isinstance(module, nn.Conv2d)):
+            new.output_quantizer = make_point(scheme, "linear_out")
         model.set_submodule(name, new)
+
+    if scheme.get("residual") is not None:
+        for ln_name in residual_lns:
+            ln = model.get_submodule(ln_name)
+            if not selected(ln_name) or not isinstance(ln, nn.LayerNorm):
+                continue
+            if not isinstance(ln, QuantLayerNorm):
+                ln = QuantLayerNorm.from_float(ln)
+                model.set_submodule(ln_name, ln)
+            ln.input_quantizer = make_point(scheme, "residual")
+        for block_name in residual_blocks:
+            if selected(block_name):
+                attach_output_point(model.get_submodule(block_name), make_point(scheme, "residual"))
+    if scheme.get("embed") is not None:
+        for name, module in list(model.named_modules()):
+            kind = type(module).__name__
+            if kind.endswith("Embeddings") and "Patch" not in kind and selected(name):
+                attach_output_point(module, make_point(scheme, "embed"))
 
     return {"family": family.name, "components": list(comps), "post_ln_consumers": consumers_of}

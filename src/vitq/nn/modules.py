@@ -58,6 +58,10 @@ class _WeightedQuantMixin:
         self.weight_quantizer = weight_q
         self.input_quantizer = input_q
         self.input_affine = None
+        self.output_quantizer = None  # FQ-ViT's scope also quantizes some layers' outputs
+
+    def quantized_output(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.output_quantizer is None else self.output_quantizer(y)
 
     @classmethod
     def from_structure(cls, meta: dict, existing=None):
@@ -102,7 +106,7 @@ class QuantLinear(_WeightedQuantMixin, nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self.quantized_output(F.linear(self.quantized_input(x), self.quantized_weight(), self.bias))
 
 
 class QuantConv2d(_WeightedQuantMixin, nn.Conv2d):
@@ -118,7 +122,7 @@ class QuantConv2d(_WeightedQuantMixin, nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self.quantized_output(self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias))
 
 
 class QuantMatMul(nn.Module):
@@ -142,10 +146,11 @@ class QuantMatMul(nn.Module):
 
 
 class QuantLayerNorm(nn.LayerNorm):
-    """LayerNorm whose output is quantized once for every linear it feeds (q, k, v or fc1).
+    """LayerNorm whose output is quantized once for every linear it feeds (q, k, v or fc1), and whose
+    input may be quantized too (FQ-ViT's scope: the residual sum entering a LayerNorm).
 
-    Used only where the LayerNorm output feeds nothing but linears (pre-LN blocks), so
-    quantizing it here is the same as quantizing the inputs of those linears.
+    The output point is used only where the LayerNorm output feeds nothing but linears (pre-LN
+    blocks), so quantizing it here is the same as quantizing the inputs of those linears.
     """
 
     @classmethod
@@ -155,6 +160,7 @@ class QuantLayerNorm(nn.LayerNorm):
         new.normalized_shape, new.eps, new.elementwise_affine = ln.normalized_shape, ln.eps, ln.elementwise_affine
         new.weight, new.bias = ln.weight, ln.bias
         new.output_quantizer = output_q
+        new.input_quantizer = None
         return new
 
     @classmethod
@@ -162,5 +168,29 @@ class QuantLayerNorm(nn.LayerNorm):
         return cls.from_float(existing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "input_quantizer", None) is not None:
+            x = self.input_quantizer(x)
         y = super().forward(x)
         return y if self.output_quantizer is None else self.output_quantizer(y)
+
+
+def quantize_output_hook(module: nn.Module, args, output):
+    """Forward hook: quantize a module's output with its ``vitq_output`` point (a block's residual
+    sum, an embedding layer's output). Tuples keep their other items."""
+    point = module.vitq_output
+    if isinstance(output, tuple):
+        return (point(output[0]), *output[1:])
+    return point(output)
+
+
+def attach_output_point(module: nn.Module, point: TensorQuantizer) -> None:
+    module.vitq_output = point
+    if quantize_output_hook not in module._forward_hooks.values():
+        module.register_forward_hook(quantize_output_hook)
+
+
+def reattach_output_points(model: nn.Module) -> None:
+    """After rebuilding a saved model: every ``vitq_output`` point gets its hook again."""
+    for m in model.modules():
+        if isinstance(getattr(m, "vitq_output", None), TensorQuantizer):
+            attach_output_point(m, m.vitq_output)

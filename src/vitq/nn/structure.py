@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-from .modules import InputAffine, QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul
+from .modules import InputAffine, QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, reattach_output_points
 from .tensor_quantizer import TensorQuantizer
 
 SAVEABLE: dict[str, type] = {}
@@ -58,3 +58,4 @@ def rebuild_structure(model: nn.Module, structure: dict[str, str | dict], points
     for name, desc in points.items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, TensorQuantizer.from_description(desc))
+    reattach_output_points(model)
