@@ -1,5 +1,6 @@
-"""DQ-CLIP's two tables: dynamic int8 quantization (``--method dynamic``, torchao kernels) of CLIP's
-image and text encoders.
+"""DQ-CLIP's two tables: dynamic int8 quantization (``--method dynamic``) of CLIP's image and text
+encoders, in both variants: ``paper`` (PyTorch's quantize_dynamic, per-tensor weights and
+activations, what the paper ran) and ``torchao`` (per-channel weights, per-token activations).
 
 - Table 1 shape: per quantized component (none, image): model size, linear-probe accuracy
   (CIFAR-10) and image inference time per image.
@@ -37,10 +38,21 @@ def disk_mib(model) -> float:
         return folder_bytes(tmp) / 2**20
 
 
-def quantized(model, comps, args):
+VARIANTS = ("paper", "torchao")
+
+
+def quantized(model, comps, args, variant: str = "torchao"):
     if comps is None:
         return model
-    return vitq.quantize(model, vitq.QuantConfig(method="dynamic", components=comps, seed=args.seed), progress=False)
+    cfg = vitq.QuantConfig(method="dynamic", components=comps, seed=args.seed, options={"variant": variant})
+    return vitq.quantize(model, cfg, progress=False)
+
+
+def jobs():
+    """(component name, components, variant) of every row: full precision once, then both variants."""
+    for name, comps in COMPONENTS.items():
+        for variant in (("-",) if comps is None else VARIANTS):
+            yield name, comps, variant
 
 
 def image_latency(model, size: int, args, batch: int, compile_it: bool = False) -> float:
@@ -55,15 +67,17 @@ def reference_tables(model, args) -> tuple[list, list]:
     tokenizer = common.resolve_tokenizer(model)
     size = model.config.vision_config.image_size
     table1, table2 = [], []
-    for name, comps in COMPONENTS.items():
-        q = quantized(model, comps, args)
-        row = {"component": name, "size_mib": round(disk_mib(q), 2), "size_params_mb": round(model_size(q)["bytes"] / 2**20, 2)}
+    for name, comps, variant in jobs():
+        q = quantized(model, comps, args, variant)
+        row = {"component": name, "variant": variant, "size_mib": round(disk_mib(q), 2),
+               "size_params_mb": round(model_size(q)["bytes"] / 2**20, 2)}
         zs = {ds: common.score(q, "zero-shot", ds, args, tokenizer) for ds in ("cifar10", "tiny-imagenet")}
         table2.append(dict(row, **{f"{ds}_{k}": zs[ds][k] for ds in zs for k in ("top1", "top5")}, n=zs["cifar10"]["n"]))
         if name in ("none", "image"):
             probe = common.score(q, "linear-probe", "cifar10", args, train="cifar10-train")
             eager = image_latency(q, size, args, args.latency_batch)
-            compiled = image_latency(q, size, args, args.latency_batch, compile_it=True) if args.compile else None
+            # torch.compile targets torchao's kernels; quantize_dynamic's are eager-only
+            compiled = image_latency(q, size, args, args.latency_batch, compile_it=True) if args.compile and variant != "paper" else None
             table1.append(dict(row, probe_top1=probe["top1"], ms_eager=round(eager, 3),
                                ms_compiled=None if compiled is None else round(compiled, 3)))
     return table1, table2
@@ -77,13 +91,13 @@ def full_size_rows(args) -> list[dict]:
         patch = {"vit-b32": 32, "vit-b16": 16}[name]
         torch.manual_seed(0)
         model = T.CLIPModel(T.CLIPConfig(vision_config={"patch_size": patch})).eval()
-        for comp, comps in COMPONENTS.items():
-            q = quantized(model, comps, args)
-            row = {"model": f"CLIP {name}", "component": comp, "size_mib": round(disk_mib(q), 1),
+        for comp, comps, variant in jobs():
+            q = quantized(model, comps, args, variant)
+            row = {"model": f"CLIP {name}", "component": comp, "variant": variant, "size_mib": round(disk_mib(q), 1),
                    "size_params_mb": round(model_size(q)["bytes"] / 2**20, 1)}
             if comp in ("none", "image"):
                 row["ms_eager"] = round(image_latency(q, 224, args, args.full_batch), 1)
-                if args.full_compile:
+                if args.full_compile and variant != "paper":
                     row["ms_compiled"] = round(image_latency(q, 224, args, args.full_batch, compile_it=True), 1)
             rows.append(row)
     return rows
@@ -102,17 +116,17 @@ def main() -> None:
     table1, table2 = reference_tables(model, args)
     shown1 = [dict(r, probe_top1=common.pct(r["probe_top1"])) for r in table1]
     print(f"\nDQ-CLIP Table 1 shape on {args.model} (linear probe: CIFAR-10, {args.limit or 'all'} images; time: image tower, batch {args.latency_batch})\n")
-    print(common.markdown(shown1, [("component", "Quantized"), ("size_mib", "Size on disk (MiB)"), ("size_params_mb", "Params x bits (MiB)"),
-                                   ("probe_top1", "Linear probe top-1"), ("ms_eager", "ms/image eager"), ("ms_compiled", "ms/image compiled")]))
+    print(common.markdown(shown1, [("component", "Quantized"), ("variant", "Variant"), ("size_mib", "Size on disk (MiB)"),
+                                   ("size_params_mb", "Params x bits (MiB)"), ("probe_top1", "Linear probe top-1"), ("ms_eager", "ms/image eager"), ("ms_compiled", "ms/image compiled")]))
     shown2 = [dict(r, **{k: common.pct(v) for k, v in r.items() if k.endswith(("top1", "top5"))}) for r in table2]
     print(f"\nDQ-CLIP Table 2 shape on {args.model} (zero-shot, 7-template ensemble, {table2[0]['n']} images per set)\n")
-    print(common.markdown(shown2, [("component", "Quantized"), ("size_mib", "Size on disk (MiB)"),
+    print(common.markdown(shown2, [("component", "Quantized"), ("variant", "Variant"), ("size_mib", "Size on disk (MiB)"),
                                    ("cifar10_top1", "CIFAR-10 top-1"), ("cifar10_top5", "CIFAR-10 top-5"),
                                    ("tiny-imagenet_top1", "TinyIN top-1"), ("tiny-imagenet_top5", "TinyIN top-5")]))
     big = full_size_rows(args)
     if big:
         print(f"\nFull-size CLIP configs, random weights (image tower latency at batch {args.full_batch})\n")
-        print(common.markdown(big, [("model", "Model"), ("component", "Quantized"), ("size_mib", "Size on disk (MiB)"),
+        print(common.markdown(big, [("model", "Model"), ("component", "Quantized"), ("variant", "Variant"), ("size_mib", "Size on disk (MiB)"),
                                     ("size_params_mb", "Params x bits (MiB)"), ("ms_eager", "ms/image eager"), ("ms_compiled", "ms/image compiled")]))
     common.finish(args, {"benchmark": "dq_clip", "model": args.model, "args": vars(args), "table1": table1, "table2": table2, "full_size": big})
 

@@ -70,3 +70,30 @@ def test_activation_scales_are_computed_per_token_at_run_time(models):
     assert (rel(got, per_token) < 1e-5).all()  # exactly the per-token int8 computation
     assert (rel(got, float_out) > 1e-4).all()  # which really is quantized
     assert rel(static, float_out)[[0, 3]].min() > 0.5  # a static scale would lose the small rows
+
+
+def test_paper_variant_is_quantize_dynamic_per_tensor(models, inputs, tmp_path):
+    """DQ-CLIP's own setting: torch.ao quantize_dynamic, one scale per weight tensor and per
+    activation tensor (coarser than the torchao variant's per-channel/per-token), saved and reloaded
+    exactly."""
+    from vitq.methods.dynamic import is_paper_dynamic
+
+    model = models["CLIPModel"]
+    paper = vitq.quantize(model, vitq.QuantConfig(method="dynamic", options={"variant": "paper"}), progress=False)
+    converted = [n for n, m in paper.named_modules() if is_paper_dynamic(m)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(converted) == sorted(linears) and paper.vitq_info["dynamic"]["variant"] == "paper"
+    layer = paper.get_submodule("vision_model.encoder.layers.0.mlp.fc1")
+    assert layer.weight().qscheme() == torch.per_tensor_affine
+    assert not int8_layers(paper, "")  # no torchao tensors in this variant
+    finer = vitq.quantize(model, vitq.QuantConfig(method="dynamic"), progress=False)
+    err = lambda q: [1 - torch.nn.functional.cosine_similarity(a, b).mean() for a, b in zip(encode_all(model, inputs), encode_all(q, inputs))]  # noqa: E731
+    assert all(e_paper > e_finer for e_paper, e_finer in zip(err(paper), err(finer)))  # per-tensor is coarser
+    from vitq.eval.cost import model_size
+
+    assert model_size(paper)["bytes"] == model_size(finer)["bytes"] < model_size(model)["bytes"]  # int8 weights either way
+    back = vitq.load(vitq.save(paper, tmp_path / "paper"))
+    for a, b in zip(encode_all(paper, inputs), encode_all(back, inputs)):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="variant='fp16' is not one of torchao, paper"):
+        vitq.quantize(model, vitq.QuantConfig(method="dynamic", options={"variant": "fp16"}), progress=False)

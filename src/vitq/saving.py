@@ -82,12 +82,19 @@ def save(model: nn.Module, out: str | Path, overwrite: bool = False) -> Path:
 
 
 def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
-    from .methods.dynamic import is_dynamic_weight
+    from .methods.dynamic import is_dynamic_weight, is_paper_dynamic, paper_dynamic_tensors
 
     packed = _packed_weights(model)
     state = model.state_dict()
     tensors, dynamic = {}, []
+    # DQ-CLIP's paper variant: quantize_dynamic Linears hold packed params, stored as codes + scale.
+    paper = {n: m for n, m in model.named_modules() if is_paper_dynamic(m)}
+    for name, module in paper.items():
+        for part, t in paper_dynamic_tensors(module).items():
+            tensors[f"{name}.paper_int8.{part}"] = t
     for key, t in state.items():
+        if any(key.startswith(f"{name}.") for name in paper):  # packed params and an unused output scale
+            continue
         if is_dynamic_weight(t):  # torchao int8 weight of the dynamic method: codes and per-row scales
             tensors[key + ".int8"] = t.qdata.contiguous()
             tensors[key + ".int8_scale"] = t.scale.reshape(-1).float().contiguous()
@@ -105,7 +112,8 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
         "format": FORMAT, "format_version": FORMAT_VERSION, "vitq_version": __version__,
         "model_class": type(model).__name__, "info": info,
         "structure": describe_structure(model), "points": points, "packed_weights": packed,
-        "dynamic_weights": dynamic, "attn_implementation": model.config._attn_implementation,
+        "dynamic_weights": dynamic, "paper_dynamic_layers": sorted(paper),
+        "attn_implementation": model.config._attn_implementation,
     })
     detail = {}
     for name, q in quantizers(model):
@@ -210,8 +218,21 @@ def load(folder: str | Path, runtime: str | None = None) -> nn.Module:
                for name in meta.get("dynamic_weights", [])}
     for name, (codes, scale) in dynamic.items():
         tensors[f"{name}.weight"] = codes.float() * scale[:, None]
+    paper = {}
+    for name in meta.get("paper_dynamic_layers", []):
+        prefix = f"{name}.paper_int8."
+        paper[name] = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+        tensors[f"{name}.weight"] = (paper[name]["int8"].float() - paper[name]["int8_zero_point"].float()) * paper[name]["int8_scale"].float()
+        if "bias" in paper[name]:
+            tensors[f"{name}.bias"] = paper[name]["bias"]
     _add_folded_biases(model, tensors)
     model.load_state_dict(tensors, strict=True)
+    if paper:
+        from .methods.dynamic import apply_paper_dynamic, restore_paper_dynamic
+
+        apply_paper_dynamic(model, set(paper))
+        for name, parts in paper.items():  # the stored codes and scale, not a re-quantization
+            restore_paper_dynamic(model.get_submodule(name), parts)
     if dynamic:
         from .methods.dynamic import apply_dynamic_int8
 

@@ -67,6 +67,19 @@ def size_grouper(model) -> Callable[[str], str]:
     return lambda name: size_group_of(family, name)
 
 
+def _packed_tensors(module_name: str, module) -> list[tuple[str, int, int]]:
+    """(name, numel, bits) of the weight and bias a torch.ao dynamic Linear keeps packed, not as parameters."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    if not isinstance(module, DynamicLinear):
+        return []
+    weight, bias = module._weight_bias()
+    out = [(f"{module_name}.weight", weight.numel(), 8)]
+    if bias is not None:
+        out.append((f"{module_name}.bias", bias.numel(), FULL_BITS))
+    return out
+
+
 def model_size(model) -> dict:
     """Parameters and bytes per component at the bits each weight is stored with (fp32 = 32 bits).
 
@@ -80,6 +93,10 @@ def model_size(model) -> dict:
     for module_name, module in model.named_modules():
         if module_name.split(".")[-1].endswith("quantizer"):  # scales and zero-points, stored as buffers
             overhead_bits += sum(b.numel() * b.element_size() * 8 for b in module.buffers(recurse=False))
+        for full, numel, bits in _packed_tensors(module_name, module):  # quantize_dynamic's packed Linears
+            entry = components.setdefault(group_of(full), {"params": 0, "bits": 0})
+            entry["params"] += numel
+            entry["bits"] += numel * bits
         for param_name, param in module.named_parameters(recurse=False):
             if id(param) in seen:  # tied weights are stored once
                 continue

@@ -40,7 +40,7 @@ def text_fingerprint(model) -> str:
         h.update(f"{name}:{module!r}".encode())
         h.update(repr(_switches(module)).encode())
         for key, tensor in module.state_dict().items():
-            for part in _plain_parts(tensor.detach()):
+            for part in _plain_parts(tensor.detach() if isinstance(tensor, torch.Tensor) else tensor):
                 t = part.cpu().contiguous().reshape(-1)
                 h.update(f"{key}:{t.dtype}:{tuple(part.shape)}".encode())
                 h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
@@ -48,7 +48,14 @@ def text_fingerprint(model) -> str:
 
 
 def _plain_parts(tensor) -> list:
-    """The plain tensors behind a tensor subclass (torchao's int8 weights: codes and scales)."""
+    """The plain tensors behind a state-dict entry: a tensor subclass (torchao's int8 weights: codes
+    and scales), a quantized tensor or quantize_dynamic's packed (weight, bias) tuple."""
+    if isinstance(tensor, (tuple, list)):
+        return [p for t in tensor for p in _plain_parts(t)]
+    if not isinstance(tensor, torch.Tensor):
+        return [torch.tensor(list(repr(tensor).encode()), dtype=torch.uint8)]  # a dtype or other plain value
+    if tensor.is_quantized:
+        return [tensor.int_repr(), torch.tensor([tensor.q_scale() if tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric) else 0.0])]
     if type(tensor) is torch.Tensor or not hasattr(tensor, "__tensor_flatten__"):
         return [tensor]
     names, _ = tensor.__tensor_flatten__()

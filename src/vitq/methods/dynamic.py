@@ -1,10 +1,15 @@
-"""DQ-CLIP: dynamic int8 quantization on real int8 kernels (torchao).
+"""DQ-CLIP: dynamic int8 quantization on real int8 kernels, in two variants.
 
-Weights become int8 ahead of time (symmetric, one scale per output channel); activation scales are
-computed at run time for every input (per token), so no calibration data is needed. The
-Linear layers of the selected components (DQ-CLIP's "Image", "Text", "Combined") run through
-torchao's ``Int8DynamicActivationInt8WeightConfig``. ``torch.ao.quantization.quantize_dynamic``
-(what the DQ-CLIP paper used) is deprecated and appears only as a comparison in benchmarks.
+Weights become int8 ahead of time; activation scales are computed at run time for every input, so
+no calibration data is needed. The Linear layers of the selected components (DQ-CLIP's "Image",
+"Text", "Combined") are converted.
+
+- ``variant=torchao`` (default): torchao's ``Int8DynamicActivationInt8WeightConfig``, symmetric
+  int8 weights with one scale per output channel and one activation scale per token: finer, and
+  more accurate, than the paper's setting.
+- ``variant=paper``: what the DQ-CLIP paper ran, PyTorch's ``torch.ao.quantization.quantize_dynamic``
+  with its default dynamic qconfig: one int8 scale per weight tensor and one uint8 scale per
+  activation tensor (fbgemm/x86 kernels). PyTorch has deprecated this API; it still runs.
 
 Eager torchao kernels are slow on CPU; ``options={"compile": True}`` compiles the quantized
 towers with ``torch.compile`` (the first call then takes a while), which is where the speed-up is.
@@ -15,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
+from dataclasses import dataclass
 from fnmatch import fnmatch
 
 import torch
 from torch import nn
-
-from dataclasses import dataclass
 
 from ..config import QuantConfig
 from ..errors import ConfigError
@@ -30,11 +35,57 @@ from . import register
 from .options import MethodOptions
 
 
+VARIANTS = ("torchao", "paper")
+
+
 @dataclass(frozen=True)
 class DynamicOptions(MethodOptions):
+    variant: str = "torchao"
     compile: bool = False
 
-    HELP = {"compile": "torch.compile the quantized towers (slow first call; where the CPU speed-up is)"}
+    CHOICES = {"variant": VARIANTS}
+    HELP = {
+        "variant": "torchao: per-channel weights, per-token activations; paper: DQ-CLIP's quantize_dynamic, "
+                   "per-tensor weights and activations",
+        "compile": "torch.compile the quantized towers (slow first call; where the CPU speed-up is)",
+    }
+
+
+def _dynamic_linear_class():
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    return Linear
+
+
+def is_paper_dynamic(module) -> bool:
+    return isinstance(module, _dynamic_linear_class())
+
+
+def apply_paper_dynamic(model: nn.Module, names: set[str]) -> int:
+    """Convert the named Linear layers with ``torch.ao.quantization.quantize_dynamic`` and its default
+    dynamic qconfig (per-tensor int8 weights, per-tensor dynamic uint8 activations); returns how many."""
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notice: the paper's API on purpose
+        quantize_dynamic(model, {name: default_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
+    return sum(1 for n, m in model.named_modules() if n in names and is_paper_dynamic(m))
+
+
+def paper_dynamic_tensors(module) -> dict[str, torch.Tensor]:
+    """The codes, scale, zero-point and bias of a quantize_dynamic Linear, as plain tensors."""
+    weight, bias = module._weight_bias()
+    out = {"int8": weight.int_repr().contiguous(), "int8_scale": torch.tensor([weight.q_scale()], dtype=torch.float64),
+           "int8_zero_point": torch.tensor([weight.q_zero_point()], dtype=torch.int64)}
+    if bias is not None:
+        out["bias"] = bias.detach().contiguous()
+    return out
+
+
+def restore_paper_dynamic(module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put stored codes back into a quantize_dynamic Linear (no re-quantization)."""
+    weight = torch._make_per_tensor_quantized_tensor(tensors["int8"], float(tensors["int8_scale"][0]), int(tensors["int8_zero_point"][0]))
+    module.set_weight_bias(weight, tensors.get("bias"))
 
 
 def _torchao():
@@ -86,12 +137,17 @@ def dynamic_int8(model, calib, cfg: QuantConfig, opts: DynamicOptions, progress:
     comps = resolve_components(family_of(model), cfg.components)
     names = dynamic_layers(model, comps, cfg.exclude)
     with torch.no_grad():
-        count = apply_dynamic_int8(model, names)
+        if opts.variant == "paper":
+            count = apply_paper_dynamic(model, names)
+            backend = "torch.ao quantize_dynamic (per-tensor int8 weights, per-tensor dynamic uint8 activations)"
+        else:
+            count = apply_dynamic_int8(model, names)
+            backend = "torchao Int8DynamicActivationInt8Weight (per-channel weights, per-token activations)"
     if opts.compile:
         compile_components(model, comps)
     summary = {
         "family": family_of(model).name, "components": list(comps),
-        "dynamic": {"backend": "torchao Int8DynamicActivationInt8Weight (per-row)", "layers": sorted(names), "count": count},
+        "dynamic": {"variant": opts.variant, "backend": backend, "layers": sorted(names), "count": count},
     }
     return model, summary
 
