@@ -7,6 +7,7 @@ Run the scripts from the repository root: ``python benchmarks/p4q_baselines.py -
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from pathlib import Path
@@ -38,8 +39,8 @@ TRAIN_ZIP = "tiny-imagenet-200/train-200-per-class.zip"
 def base_parser(description: str, model: str = "zoo:clip-tiny") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=model)
-    p.add_argument("--limit", type=int, default=2000,
-                   help="images per test set, class-balanced (0 = the whole set; default 2000)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="images per test set, class-balanced (default 0: the whole set, as tables that rank methods need)")
     p.add_argument("--calib-batches", type=int, default=10, help="calibration iterations (P4Q: 10)")
     p.add_argument("--calib-batch-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
@@ -111,6 +112,16 @@ def timed(fn):
 
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def standard_error(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n images (binomial)."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def pct_se(p, n) -> str:
+    """``22.92 ± 0.42``: an accuracy in percent with its standard error."""
+    return "-" if p is None else f"{100 * p:.2f} ± {100 * standard_error(p, n):.2f}"
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:

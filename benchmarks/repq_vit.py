@@ -3,11 +3,14 @@
 - Main table: zoo:deit-tiny (top-1, Tiny ImageNet val) and zoo:clip-tiny (zero-shot; image tower
   only, and both towers) at W4A4 and W6A6; rows full precision, minmax, omse, repq-vit, with the
   calibration wall time. All methods calibrate on the same 32 training images.
-- Ablations (W4A4): post-LayerNorm layer-wise / channel-wise / scale reparam, and post-Softmax
-  log2 / log-sqrt2 / scale reparam.
+- Ablations (W4A4): post-LayerNorm layer-wise / channel-wise / scale reparam, post-Softmax
+  log2 / log-sqrt2 / scale reparam, and calibration order: sequential (the official code's, the
+  default: each quantizer on inputs quantized by the ones before it) or parallel (float inputs).
 - Calibration cost: repq-vit W4A4 with 32 images on a full-size ViT-B/16 config (random weights).
 
-    python benchmarks/repq_vit.py [--limit 2000] [--json out/repq.json]
+    python benchmarks/repq_vit.py [--limit N] [--json out/repq.json]
+
+Accuracies are on the whole test sets by default, each with its standard error.
 """
 
 from __future__ import annotations
@@ -46,14 +49,19 @@ def run_row(model, calib, target, args, tokenizer, method, bits, **options) -> d
         row["calib_s"] = round(seconds, 2)
     for ds in datasets:
         m = common.score(q, task, ds, args, tokenizer)
-        row[f"{ds}_top1"], row["n"] = m["top1"], m["n"]
+        row[f"{ds}_top1"], row[f"{ds}_n"], row["n"] = m["top1"], m["n"], m["n"]
+    if method != "full precision":
+        row["calibration"] = q.vitq_info.get("calibration", "parallel")
+    if method == "repq-vit":
+        row.update({k: v for k, v in q.vitq_info["repq"].items() if k in ("post_ln", "softmax")})
     return row
 
 
 def table(rows, datasets_by_model) -> str:
-    shown = [dict(r, **{k: common.pct(v) for k, v in r.items() if k.endswith("_top1")}) for r in rows]
+    shown = [dict(r, **{k: common.pct_se(v, r.get(k[: -len("_top1")] + "_n", r["n"])) for k, v in r.items() if k.endswith("_top1")})
+             for r in rows]
     cols = [("model", "Model"), ("method", "Method"), ("bits", "Bits")]
-    for key in ("post_ln", "softmax"):
+    for key in ("post_ln", "softmax", "calibration"):
         if any(key in r for r in rows):
             cols.append((key, key))
     for ds in datasets_by_model:
@@ -97,13 +105,15 @@ def main() -> None:
         if not args.skip_ablations and label != "clip-tiny both":  # ablations on the image towers
             abl = [("repq-vit", "W4A4", {"post_ln": v, "softmax": "reparam"}) for v in POST_LN]
             abl += [("repq-vit", "W4A4", {"post_ln": "reparam", "softmax": v}) for v in SOFTMAX if v != "reparam"]
+            abl += [("repq-vit", "W4A4", {"sequential": False})]  # calibration on float inputs
             for method, bits, opts in tqdm(abl, desc=f"ablations: {label}"):
                 ablation_rows.append(run_row(model, calib, target, args, tokenizer, method, bits, **opts))
     print(f"\nRepQ-ViT main table ({args.limit or 'all'} images per test set, {args.num_calib} calibration images)\n")
     print(table(main_rows, datasets))
     if ablation_rows:
         print("\nAblations at W4A4 (post_ln: layer = layer-wise, channel = channel-wise, reparam = scale reparam; "
-              "softmax: log2, logsqrt2, reparam = log-sqrt2 as shift-only log2)\n")
+              "softmax: log2, logsqrt2, reparam = log-sqrt2 as shift-only log2; calibration: sequential = on "
+              "quantized inputs, parallel = on float inputs)\n")
         print(table(ablation_rows, datasets))
     b16 = None
     if not args.skip_vit_b16:
