@@ -1,4 +1,4 @@
-"""Speed benchmark script: the same code as `vitq bench` (vitq.export.bench), runnable from a checkout.
+"""Speed benchmark script: the same code as `vitq bench` (vitq.bench), runnable from a checkout.
 
     python benchmarks/speed.py --model clip-vit-b32 --batch-size 1,32 --json results/speed_b32.json
 """

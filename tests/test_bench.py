@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vitq.cli import main
-from vitq.export.bench import RUNTIMES
+from vitq.bench import RUNTIMES
 
 pytest.importorskip("onnxruntime")
 

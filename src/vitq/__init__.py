@@ -7,7 +7,7 @@
     same = vitq.load("out/")
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 import logging as _logging
 
@@ -20,7 +20,8 @@ from .api import quantize  # noqa: E402
 from .config import BitSpec, QuantConfig, parse_bits  # noqa: E402
 from .errors import VitqError  # noqa: E402
 from .methods import available_methods  # noqa: E402
-from .saving import load, save  # noqa: E402
+from .api import load  # noqa: E402
+from .saving import save  # noqa: E402
 
 
 def evaluate(model, task: str, data=None, reference=None, **options):

@@ -13,6 +13,20 @@ from .methods import get_method
 from .nn import summarize_points
 
 
+def load(folder, runtime: str | None = None) -> nn.Module:
+    """Load a folder written by :func:`vitq.save`: the simulated (fake-quant) model, identical to the
+    one saved; or with ``runtime="onnxruntime"`` (or ``"openvino"``) the exported integer model, with
+    the same encode interface (exported into ``folder/onnx`` on first use, see
+    :func:`vitq.export.load_exported`)."""
+    if runtime is not None:
+        from .export import load_exported
+
+        return load_exported(folder, runtime=runtime)
+    from .saving import load as load_saved
+
+    return load_saved(folder)
+
+
 def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *, progress: bool = True, **kwargs) -> nn.Module:
     """Return a quantized copy of ``model`` (the original is left untouched).
 

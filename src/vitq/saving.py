@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .io_utils import file_sha256
 from .errors import ConfigError, IntegrityError, ModelError
 from .nn import QuantConv2d, QuantLinear, quant_state, quantizers
@@ -174,16 +174,18 @@ def _add_folded_biases(model: nn.Module, tensors: dict) -> None:
                 owner.bias = nn.Parameter(torch.zeros_like(tensors[key]))
 
 
-def load(folder: str | Path, runtime: str | None = None) -> nn.Module:
-    """Load a folder written by :func:`save`; the model gives the same outputs as when it was saved.
+def load_any(spec: str | Path) -> nn.Module:
+    """A model from any spec the CLI takes: a vitq quantized folder (:func:`load`), or a float model
+    (``zoo:NAME``, a local HF folder, a state dict, a hub id: :func:`vitq.models.loading.load_model`)."""
+    from .models.loading import load_model
 
-    ``runtime="onnxruntime"`` (or ``"openvino"``) returns the exported integer model instead, with
-    the same encode interface (see :func:`vitq.export.load_exported`).
-    """
-    if runtime is not None:
-        from .export import load_exported
+    if is_saved_folder(spec):
+        return load(spec)
+    return load_model(str(spec))
 
-        return load_exported(folder, runtime=runtime)
+
+def load(folder: str | Path) -> nn.Module:
+    """Load a folder written by :func:`save`; the model gives the same outputs as when it was saved."""
     import transformers
 
     from .models.attention import use_quant_attention

@@ -16,7 +16,7 @@ def _list(text: str, known, what: str) -> list[str]:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ..export.bench import MODELS, RUNTIMES, TOWERS
+    from ..bench import MODELS, RUNTIMES, TOWERS
 
     p = sub.add_parser("bench", help="measure speed of PyTorch, ONNX Runtime, OpenVINO and vitq's integer export",
                        description="Median ms/image (after warm-up) of each tower on each runtime, with speed-up over PyTorch FP32.")
@@ -36,7 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..errors import ConfigError
-    from ..export.bench import RUNTIMES, TOWERS, format_table, run_benchmark
+    from ..bench import RUNTIMES, TOWERS, format_table, run_benchmark
 
     runtimes = _list(args.runtimes, RUNTIMES, "runtime")
     towers = _list(args.towers, TOWERS, "tower")

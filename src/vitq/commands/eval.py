@@ -49,9 +49,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def load(spec: str):
-    from ..models.loading import load_model
+    from ..saving import load_any
 
-    return load_model(spec)
+    return load_any(spec)
 
 
 def run(args) -> int:

@@ -70,9 +70,9 @@ def model_name(model, spec=None) -> str:
 
 def _as_model(model):
     if isinstance(model, (str, Path)):
-        from ..models.loading import load_model
+        from ..saving import load_any
 
-        return load_model(str(model))
+        return load_any(str(model))
     return model
 
 

@@ -1,5 +1,5 @@
-"""Deployment: QDQ ONNX export of vitq-quantized models, runtimes behind the encode interface,
-and the speed benchmark (see docs/deployment.md)."""
+"""Deployment: QDQ ONNX export of vitq-quantized models, its check, and runtimes behind the encode
+interface (see docs/deployment.md). The speed benchmark that compares runtimes is :mod:`vitq.bench`."""
 
 from __future__ import annotations
 

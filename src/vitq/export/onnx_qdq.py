@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, ModelError
 from ..nn import quantizers
 from .qdq import to_export_mode

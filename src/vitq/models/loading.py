@@ -1,5 +1,6 @@
-"""Turn a model spec into a module: ``zoo:NAME``, a vitq quantized folder, a local HF folder, or a
-hub id (which needs network access)."""
+"""Turn a model spec into a float module: ``zoo:NAME``, a local HF folder, a state dict beside its
+config, or a hub id (which needs network access). Quantized folders are loaded a layer above
+(:func:`vitq.saving.load_any`)."""
 
 from __future__ import annotations
 
@@ -63,10 +64,14 @@ def _from_torch_checkpoint(path: Path) -> nn.Module:
     return model.float().eval()
 
 
-def load_model(spec: str, **from_pretrained_kwargs) -> nn.Module:
-    """Load a model in float32 eval mode from a spec string."""
-    from ..saving import is_saved_folder, load
+# A folder written by vitq.save (its quantized weights are stored as codes that from_pretrained
+# would not read); loaded by vitq.load / vitq.saving.load_any, above this layer.
+VITQ_FOLDER_MARKER = "vitq_config.json"
 
+
+def load_model(spec: str, **from_pretrained_kwargs) -> nn.Module:
+    """Load a float model in float32 eval mode from a spec: ``zoo:NAME``, a local HF folder, a
+    ``.pt``/``.bin`` state dict beside its config.json, or a hub id."""
     spec = str(spec)
     if spec.startswith("zoo:"):
         from .. import zoo
@@ -81,8 +86,9 @@ def load_model(spec: str, **from_pretrained_kwargs) -> nn.Module:
             hint="pass a model folder (config.json + model.safetensors), a .pt/.bin state dict beside a config.json, a hub id, or zoo:NAME",
         )
     if path.is_dir():
-        if is_saved_folder(path):
-            return load(path)
+        if (path / VITQ_FOLDER_MARKER).is_file():
+            raise ModelError(f"{path} is a vitq quantized-model folder, not a float model",
+                             hint="load it with vitq.load(PATH); vitq eval, info and export take it as --model; to quantize again, start from the float model")
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} has no config.json", hint="pass a folder written by save_pretrained or by vitq save")
         cls = _class_for_folder(path)

@@ -54,12 +54,12 @@ class Case:
     cache: dict = field(default_factory=dict)
 
     def inputs(self, batch: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        from .towers import example_inputs
+        from .export.towers import example_inputs
 
         return example_inputs(self.model, self.tower, batch or self.batch_size, self.seq_len, seed)
 
     def feeds(self, batch: int | None = None, seed: int = 0) -> dict:
-        from .towers import SIGNATURES
+        from .export.towers import SIGNATURES
 
         return {n: t.numpy() for n, t in zip(SIGNATURES[self.tower][0], self.inputs(batch, seed))}
 
@@ -79,15 +79,15 @@ def build_model(spec: str) -> torch.nn.Module:
         cfg = T.CLIPConfig(text_config=dict(vocab_size=120, bos_token_id=0, eos_token_id=2, pad_token_id=1, **tiny),
                            vision_config=dict(image_size=32, patch_size=8, **tiny), projection_dim=16)
         return T.CLIPModel(cfg).eval()
-    from ..models.loading import load_model
+    from .saving import load_any
 
-    return load_model("zoo:clip-tiny" if spec == "clip-tiny" else spec)
+    return load_any("zoo:clip-tiny" if spec == "clip-tiny" else spec)
 
 
 # -- helpers ------------------------------------------------------------------------------------
 def _state_bytes(tower: torch.nn.Module) -> int:
     """Serialized size of the tensors of this tower only (a dual encoder holds both towers)."""
-    from ..models.families import component_of
+    from .models.families import component_of
 
     name = "image" if tower.__class__.__name__ == "ImageTower" else "text"
     family = tower.family
@@ -102,7 +102,7 @@ def _file_bytes(*paths) -> int:
 
 
 def _torch_tower(model, tower):
-    from .towers import tower_module
+    from .export.towers import tower_module
 
     return tower_module(model, tower).eval()
 
@@ -111,8 +111,8 @@ def fp32_onnx(case: Case) -> Path:
     """The float tower as ONNX, exported once per case and shared by the ONNX-based runtimes."""
     path = case.workdir / f"fp32_{case.tower}.onnx"
     if not path.exists():
-        from .onnx_qdq import _dynamic_axes
-        from .towers import SIGNATURES
+        from .export.onnx_qdq import _dynamic_axes
+        from .export.towers import SIGNATURES
 
         inputs, output = SIGNATURES[case.tower]
         with torch.no_grad(), warnings.catch_warnings():
@@ -188,7 +188,7 @@ def build_torch_dynamic_int8(case):
 
 
 def _ort_runner(path, case):
-    from .runtime import ort_session
+    from .export.runtime import ort_session
 
     session, feeds = ort_session(path), case.feeds()
     return lambda: session.run(None, feeds)
@@ -233,7 +233,7 @@ def build_ort_static_int8(case):
 
 def _ov_runner(model_or_path, case, precision):
     _need("openvino", "openvino")
-    from .runtime import _OpenVinoRunner
+    from .export.runtime import _OpenVinoRunner
 
     runner, feeds = _OpenVinoRunner(model_or_path, precision=precision), case.feeds()
     return lambda: runner(feeds)
@@ -274,15 +274,15 @@ def vitq_export(case: Case, bits: str = "W8A8", options: dict | None = None) -> 
     options = dict(options or {})
     key = ("vitq", bits, tuple(sorted(options.items())))
     if key not in case.cache:
-        import vitq
-
-        from . import export_onnx
-        from .towers import SIGNATURES
+        from .api import quantize
+        from .config import QuantConfig
+        from .export import export_onnx
+        from .export.towers import SIGNATURES
 
         names = SIGNATURES[case.tower][0]
         calib = [dict(zip(names, case.inputs(4, seed=200 + i))) for i in range(2)]
-        cfg = vitq.QuantConfig(method="minmax", bits=bits, components=(case.tower,), options=options)
-        q = vitq.quantize(case.model, cfg, calib=calib, progress=False)
+        cfg = QuantConfig(method="minmax", bits=bits, components=(case.tower,), options=options)
+        q = quantize(case.model, cfg, calib=calib, progress=False)
         folder = export_onnx(q, case.workdir / f"vitq_{bits}_{len(case.cache)}", towers=[case.tower])
         case.cache[key] = folder / f"{case.tower}.onnx"
     return case.cache[key]
@@ -391,7 +391,7 @@ def run_benchmark(model_spec: str, towers=TOWERS, batch_sizes=(1, 32), runtimes=
                   seq_len: int = 77, progress: bool = True, workdir: str | Path | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from .towers import towers_of
+    from .export.towers import towers_of
 
     model = build_model(model_spec)
     towers = [t for t in towers if t in towers_of(model)]
