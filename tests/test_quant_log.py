@@ -62,3 +62,15 @@ def test_logsqrt2_to_log2_parity_identity(bits):
         shifts = torch.ceil(q[: 2**bits].float() / 2)
         base = torch.where(q[: 2**bits] % 2 == 1, torch.tensor(math.sqrt(2) * s), torch.tensor(s))
         assert torch.equal(deq, base * torch.pow(2.0, -shifts))
+
+
+def test_kinds_are_classes_and_parity_is_a_conversion():
+    from vitq.quant import Log2Quantizer, LogSqrt2Quantizer, ParityLog2Quantizer
+
+    q = LogQuantizer(4, "logsqrt2")
+    assert isinstance(q, LogSqrt2Quantizer) and q.kind == "logsqrt2" and isinstance(LogQuantizer(4, "log2"), Log2Quantizer)
+    q.set_range(torch.tensor(0.0), torch.tensor(0.8))
+    parity = q.to_parity()
+    assert isinstance(parity, ParityLog2Quantizer) and parity.bits == 4 and torch.equal(parity.scale, q.scale)
+    p = torch.rand(1000)
+    assert torch.allclose(parity(p), q(p), atol=1e-6) and torch.equal(parity.quantize(p), q.quantize(p))

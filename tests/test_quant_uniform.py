@@ -184,3 +184,16 @@ def test_inference_path_is_bit_identical_to_torch_and_the_training_path(axis):
             fast = q(x)
         slow = fake_quantize(x, q.scale, q.zero_point, q.bits, q.symmetric, axis)
         assert torch.equal(fast, kernel) and torch.equal(fast, slow)
+
+
+def test_learnable_scale_keeps_its_parameter_across_set_params():
+    """An optimizer holding the scale must keep working after a re-calibration."""
+    q = UniformQuantizer(4, axis=0, learnable=True)
+    q.set_range(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0]))
+    param = q.scale
+    opt = torch.optim.SGD([param], lr=0.1)
+    q.set_range(torch.tensor([-3.0, -4.0]), torch.tensor([3.0, 4.0]))
+    assert q.scale is param and torch.allclose(param, torch.tensor([6.0, 8.0]) / 15)
+    (q(torch.randn(2, 5)) ** 2).sum().backward()
+    opt.step()
+    assert q.scale is param and param.grad is not None

@@ -84,3 +84,13 @@ def test_interrupted_save_keeps_previous(models, tmp_path, monkeypatch):
     assert (out / "manifest.json").read_text() == before
     assert vitq.load(out) is not None
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_point_description_round_trips_every_field():
+    from vitq.nn import TensorQuantizer
+
+    for kind in ("uniform", "log2", "logsqrt2", "log2_parity"):
+        p = TensorQuantizer(bits=5, kind=kind, symmetric=False, axis=None, observer="omse", learnable=kind == "uniform", role="softmax")
+        back = TensorQuantizer.from_description(p.describe())
+        assert back.describe() | {"scale_min": None, "scale_max": None} == p.describe() | {"scale_min": None, "scale_max": None}
+        assert back.role == "softmax" and back.kind == kind and back.learnable == (kind == "uniform")

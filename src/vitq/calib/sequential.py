@@ -25,11 +25,11 @@ from .recorder import Stream, StopForward, capture_inputs, run_until
 
 
 def _activation_points(model: nn.Module) -> dict[str, TensorQuantizer]:
-    return {n: q for n, q in quantizers(model) if q.enabled and getattr(q, "role", None) != "weight"}
+    return {n: q for n, q in quantizers(model) if q.enabled and q.role != "weight"}
 
 
 def _weight_points(model: nn.Module) -> list[TensorQuantizer]:
-    return [q for _, q in quantizers(model) if getattr(q, "role", None) == "weight"]
+    return [q for _, q in quantizers(model) if q.role == "weight"]
 
 
 def points_in_order(model: nn.Module, run: Callable, batch) -> list[str]:

@@ -39,7 +39,7 @@ def _layer_of(point_name: str) -> str:
 def check_points(model: nn.Module) -> None:
     """Refuse points that integer runtimes cannot execute, naming the first such layer."""
     bad = [(n, q) for n, q in quantizers(model)
-           if q.active and q.kind == "uniform" and getattr(q, "role", None) != "weight" and q.axis is not None and q.quantizer.scale.numel() > 1]
+           if q.active and q.kind == "uniform" and q.role != "weight" and q.axis is not None and q.quantizer.scale.numel() > 1]
     if bad:
         name, q = bad[0]
         layer = _layer_of(name)

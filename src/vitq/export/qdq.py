@@ -36,17 +36,18 @@ class _ExportPoint(nn.Module):
 class QDQPoint(_ExportPoint):
     """A uniform quantization point in export form (same numbers, exportable ops)."""
 
-    def __init__(self, tq: TensorQuantizer):
+    def __init__(self, tq: TensorQuantizer, weight_codes_exact: bool = False):
         super().__init__()
         uq = tq.quantizer
         self.bits, self.symmetric, self.axis = uq.bits, uq.symmetric, uq.axis
-        self.role = getattr(tq, "role", None)
+        self.role = tq.role
         self.register_buffer("scale", uq.scale.detach().float().reshape(-1).clone())
         self.register_buffer("zero_point", uq.zero_point.detach().round().to(torch.int32).reshape(-1).clone())
         self.qmin, self.qmax = int_range(self.bits, self.symmetric)
         self.onnx_min, self.onnx_max = onnx_int_range(self.bits, self.symmetric)
-        # A sub-8-bit activation needs the float clamp; weights hold vitq's codes already.
-        self.needs_clamp = (self.qmin, self.qmax) != (self.onnx_min, self.onnx_max) and not getattr(tq, "weight_codes_exact", False)
+        # A sub-8-bit activation needs the float clamp; weights stored as vitq's own fake-quantized
+        # values (weight_codes_exact) recover vitq's codes without it.
+        self.needs_clamp = (self.qmin, self.qmax) != (self.onnx_min, self.onnx_max) and not weight_codes_exact
 
     def _clamp(self, x: torch.Tensor) -> torch.Tensor:
         if not self.needs_clamp:
@@ -75,7 +76,7 @@ class LogPoint(_ExportPoint):
     def __init__(self, tq: TensorQuantizer):
         super().__init__()
         self.log = copy.deepcopy(tq.quantizer)
-        self.role = getattr(tq, "role", None)
+        self.role = tq.role
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log.dequantize(self.log.quantize(x))
@@ -118,18 +119,19 @@ class PatchLinear(nn.Module):
         return y.reshape(b, nh, nw, self.out_channels).permute(0, 3, 1, 2)
 
 
-def export_point(tq: TensorQuantizer) -> nn.Module | None:
+def export_point(tq: TensorQuantizer, weight_codes_exact: bool = False) -> nn.Module | None:
     """What a quantization point becomes in the exported graph (None, as if absent, when inactive)."""
     if not tq.active:
         return None
     if tq.kind == "uniform":
-        return QDQPoint(tq)
+        return QDQPoint(tq, weight_codes_exact)
     return LogPoint(tq)
 
 
 def to_export_mode(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose quantization points are exportable (the original is untouched)."""
     model = copy.deepcopy(model).eval()
+    exact: set[int] = set()  # weight points whose layer now stores vitq's fake-quantized weight
     with torch.no_grad():
         for m in model.modules():
             wq = getattr(m, "weight_quantizer", None)
@@ -137,12 +139,12 @@ def to_export_mode(model: nn.Module) -> nn.Module:
                 # Store vitq's own fake-quantized weight: the graph's QuantizeLinear (folded to int8
                 # codes at export) then recovers exactly vitq's codes, clamping included.
                 m.weight.data = wq.quantizer(m.weight.detach())
-                wq.weight_codes_exact = True
+                exact.add(id(wq))
     for name, m in list(model.named_modules()):
         if PatchLinear.applies_to(m):
             model.set_submodule(name, PatchLinear(m))
     for name, m in list(model.named_modules()):
         if isinstance(m, TensorQuantizer):
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, export_point(m))
+            setattr(model.get_submodule(parent) if parent else model, attr, export_point(m, id(m) in exact))
     return model

@@ -112,8 +112,7 @@ def _absorb_into_consumer(layer: nn.Module, r1: torch.Tensor, b: torch.Tensor) -
 
 def _layer_wise_point(point: TensorQuantizer, s_mean, z_mean) -> TensorQuantizer:
     layer_wise = TensorQuantizer(bits=point.bits, symmetric=False, axis=None, observer=point.observer_name,
-                                 observer_options=point.observer_options)
-    layer_wise.role = point.role
+                                 observer_options=point.observer_options, role=point.role)
     layer_wise.quantizer.set_params(s_mean.reshape(1), z_mean.reshape(1))
     layer_wise.mode = point.mode
     return layer_wise
@@ -164,7 +163,7 @@ def reparameterize_softmax(model: nn.Module) -> int:
     count = 0
     for m in model.modules():
         if isinstance(m, TensorQuantizer) and m.kind == "logsqrt2":
-            m.quantizer.kind = "log2_parity"
+            m.quantizer = m.quantizer.to_parity()
             count += 1
     return count
 

@@ -44,9 +44,7 @@ def make_point(scheme: dict, role: str) -> TensorQuantizer | None:
     settings = scheme.get(role)
     if settings is None:
         return None
-    q = TensorQuantizer(**settings)
-    q.role = role
-    return q
+    return TensorQuantizer(**settings, role=role)
 
 
 def _join(prefix: str, rel: str) -> str:

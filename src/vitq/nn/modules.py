@@ -59,6 +59,8 @@ class _WeightedQuantMixin:
         self.input_quantizer = input_q
         self.input_affine = None
         self.output_quantizer = None  # FQ-ViT's scope also quantizes some layers' outputs
+        # Inference reuses the fake-quantized weight until the weight or its scale changes.
+        self._weight_cache: tuple | None = None
 
     def quantized_output(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.output_quantizer is None else self.output_quantizer(y)
@@ -83,10 +85,10 @@ class _WeightedQuantMixin:
         # Inference: weights and scales are fixed, so quantize once and reuse until either changes.
         q = wq.quantizer
         key = (id(self.weight), self.weight._version, id(q.scale), q.scale._version, q.zero_point._version)
-        cache = self.__dict__.get("_vitq_wcache")
+        cache = getattr(self, "_weight_cache", None)
         if cache is None or cache[0] != key:
             cache = (key, q(self.weight))
-            self.__dict__["_vitq_wcache"] = cache
+            self._weight_cache = cache
         return cache[1]
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:

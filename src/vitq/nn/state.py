@@ -61,7 +61,7 @@ def summarize_points(model: nn.Module) -> dict[str, dict]:
     for _, q in quantizers(model):
         if not q.enabled:
             continue
-        role = getattr(q, "role", None) or "other"
+        role = q.role or "other"
         entry = out.setdefault(role, {"count": 0, "bits": set(), "quantizers": set()})
         entry["count"] += 1
         entry["bits"].add(q.bits)

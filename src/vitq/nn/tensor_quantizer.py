@@ -2,6 +2,8 @@
 
 Modes: ``fp`` (pass-through), ``calib`` (the observer sees the data, values pass unchanged) and
 ``quant`` (fake-quantize). Each point can also be switched off on its own with ``enabled = False``.
+Its fields (bits, kind, symmetry, axis, observer, learnable, role) are given to the constructor and
+written by :meth:`describe`; :meth:`from_description` rebuilds the same point.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant import LogQuantizer, UniformQuantizer, make_observer
+from ..quant import QUANTIZER_KINDS, UniformQuantizer, make_observer
 from ..quant.observers import observer_options
 
 MODES = ("fp", "calib", "quant")
-KINDS = ("uniform", "log2", "logsqrt2", "log2_parity")
+KINDS = tuple(QUANTIZER_KINDS)
 
 
 class TensorQuantizer(nn.Module):
@@ -26,6 +28,7 @@ class TensorQuantizer(nn.Module):
         observer: str = "minmax",
         observer_options: dict | None = None,
         learnable: bool = False,
+        role: str | None = None,
     ):
         super().__init__()
         if kind not in KINDS:
@@ -33,7 +36,8 @@ class TensorQuantizer(nn.Module):
         if kind == "uniform":
             self.quantizer = UniformQuantizer(bits, symmetric=symmetric, axis=axis, learnable=learnable)
         else:
-            self.quantizer = LogQuantizer(bits, kind=kind)
+            self.quantizer = QUANTIZER_KINDS[kind](bits)
+        self.role = role  # what the point quantizes: weight, post_ln, softmax, ... (models.prepare.ROLES)
         self.observer_name = observer
         self.observer_options = dict(observer_options or {})
         self.observer = None
@@ -54,6 +58,10 @@ class TensorQuantizer(nn.Module):
         return self.quantizer.axis
 
     @property
+    def learnable(self) -> bool:
+        return bool(getattr(self.quantizer, "learnable", False))
+
+    @property
     def active(self) -> bool:
         """True when this point really quantizes in the forward pass."""
         return self.enabled and self.mode == "quant"
@@ -70,15 +78,16 @@ class TensorQuantizer(nn.Module):
             "scale_min": float(scale.min()) if scale.numel() else None,
             "scale_max": float(scale.max()) if scale.numel() else None,
             "channels": int(scale.numel()) if self.axis is not None else 1,
-            "role": getattr(self, "role", None),
+            "role": self.role,
+            "learnable": self.learnable,
         }
 
     @classmethod
     def from_description(cls, desc: dict) -> "TensorQuantizer":
         """Rebuild a point from :meth:`describe` (its tensors come from the state dict afterwards)."""
-        q = cls(bits=desc["bits"], kind=desc["kind"], symmetric=desc["symmetric"], axis=desc["axis"], observer=desc.get("observer", "minmax"))
+        q = cls(bits=desc["bits"], kind=desc["kind"], symmetric=desc["symmetric"], axis=desc["axis"],
+                observer=desc.get("observer", "minmax"), learnable=desc.get("learnable", False), role=desc.get("role"))
         q.enabled = desc.get("enabled", True)
-        q.role = desc.get("role")
         channels = desc.get("channels", 1) if desc["kind"] == "uniform" else 1
         if desc["kind"] == "uniform":  # allocate so load_state_dict finds the right shapes
             q.quantizer.set_params(torch.ones(channels), torch.zeros(channels))
@@ -87,7 +96,8 @@ class TensorQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         state = "off" if not self.enabled else self.mode
-        return f"mode={state}, observer={self.observer_name}"
+        role = f"role={self.role}, " if self.role else ""
+        return f"{role}mode={state}, observer={self.observer_name}"
 
     # -- calibration -------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:

@@ -19,8 +19,6 @@ from torch import nn
 
 from .uniform import check_bits
 
-# log2 of the base whose powers the codes count
-_STEP = {"log2": 1.0, "logsqrt2": 0.5, "log2_parity": 0.5}
 SQRT2 = math.sqrt(2.0)
 
 
@@ -38,13 +36,26 @@ def parity_scales(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class LogQuantizer(nn.Module):
-    """Power-of-base quantizer (see the module docstring for the three kinds)."""
+    """Power-of-base quantizer (see the module docstring for the three kinds).
 
-    def __init__(self, bits: int = 4, kind: str = "log2"):
+    ``LogQuantizer(bits, kind)`` builds the subclass of that kind (:class:`Log2Quantizer`,
+    :class:`LogSqrt2Quantizer`, :class:`ParityLog2Quantizer`).
+    """
+
+    kind = "log"
+    step = 1.0  # log2 of the base whose powers the codes count
+
+    def __new__(cls, bits: int = 4, kind: str | None = None):
+        if cls is LogQuantizer:
+            if kind not in LOG_KINDS:
+                raise ValueError(f"unknown log quantizer {kind!r}: use one of {sorted(LOG_KINDS)}")
+            cls = LOG_KINDS[kind]
+        return super().__new__(cls)
+
+    def __init__(self, bits: int = 4, kind: str | None = None):
         super().__init__()
-        if kind not in _STEP:
-            raise ValueError(f"unknown log quantizer {kind!r}: use one of {sorted(_STEP)}")
-        self.kind = kind
+        if kind is not None and kind != self.kind:
+            raise ValueError(f"{type(self).__name__} is a {self.kind} quantizer, not {kind}")
         self.bits = check_bits(bits)
         self.axis = None
         self.symmetric = False
@@ -57,29 +68,68 @@ class LogQuantizer(nn.Module):
         self.scale = torch.as_tensor(hi, dtype=torch.float32).reshape(-1).max().clamp_min(1e-8).reshape(1)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return log_codes(x, self.scale, self.bits, _STEP[self.kind]).to(torch.int32)
+        return log_codes(x, self.scale, self.bits, self.step).to(torch.int32)
+
+    def _values(self, q: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.pow(2.0, -q.float() * self.step)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
-        levels = 2**self.bits - 1
-        qf = q.float()
-        if self.kind == "log2_parity":
-            even, odd = parity_scales(self.scale)
-            value = torch.where(q % 2 == 1, odd, even) * torch.pow(2.0, -torch.ceil(qf / 2))
-        else:
-            value = self.scale * torch.pow(2.0, -qf * _STEP[self.kind])
-        return torch.where(q > levels, torch.zeros_like(value), value)
+        value = self._values(q)
+        return torch.where(q > 2**self.bits - 1, torch.zeros_like(value), value)
 
     def simulate(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """Fake-quantize with scale ``hi`` (used by range searches), leaving this quantizer as it is."""
         scale = hi.reshape(-1, 1).clamp_min(1e-8)
-        q = log_codes(rows, scale, self.bits, _STEP[self.kind])
-        value = scale * torch.pow(2.0, -q * _STEP[self.kind])
+        q = log_codes(rows, scale, self.bits, self.step)
+        value = scale * torch.pow(2.0, -q * self.step)
         return torch.where(q > 2**self.bits - 1, torch.zeros_like(value), value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deq = self.dequantize(self.quantize(x.detach()))
         return x + (deq - x).detach()  # straight-through
 
+    def _base(self) -> str:
+        return "2"
+
     def extra_repr(self) -> str:
-        base = {"log2": "2", "logsqrt2": f"{SQRT2:.4f}", "log2_parity": "2 (parity scales)"}[self.kind]
-        return f"bits={self.bits}, base={base}, scale={float(self.scale):.4g}"
+        return f"bits={self.bits}, base={self._base()}, scale={float(self.scale):.4g}"
+
+
+class Log2Quantizer(LogQuantizer):
+    """A' = s * 2^(-A_q)."""
+
+    kind = "log2"
+
+
+class LogSqrt2Quantizer(LogQuantizer):
+    """A' = s * sqrt(2)^(-A_q): twice the resolution of log2 near 1."""
+
+    kind = "logsqrt2"
+    step = 0.5
+
+    def _base(self) -> str:
+        return f"{SQRT2:.4f}"
+
+    def to_parity(self) -> "ParityLog2Quantizer":
+        """RepQ-ViT's reparameterization: the same codes and values, as shift-only log2."""
+        out = ParityLog2Quantizer(self.bits)
+        out.scale = self.scale.detach().clone()
+        return out
+
+
+class ParityLog2Quantizer(LogQuantizer):
+    """RepQ-ViT's log-sqrt2 as 2^(-ceil(A_q / 2)) with a parity-dependent scale (see the module
+    docstring): the values of :class:`LogSqrt2Quantizer`, computed with shifts."""
+
+    kind = "log2_parity"
+    step = 0.5
+
+    def _values(self, q: torch.Tensor) -> torch.Tensor:
+        even, odd = parity_scales(self.scale)
+        return torch.where(q % 2 == 1, odd, even) * torch.pow(2.0, -torch.ceil(q.float() / 2))
+
+    def _base(self) -> str:
+        return "2 (parity scales)"
+
+
+LOG_KINDS = {cls.kind: cls for cls in (Log2Quantizer, LogSqrt2Quantizer, ParityLog2Quantizer)}

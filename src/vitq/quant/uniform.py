@@ -85,9 +85,15 @@ class UniformQuantizer(nn.Module):
         self.set_params(scale, zp)
 
     def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Set scale and zero-point. A learnable scale keeps its Parameter object when the shape is
+        unchanged (an optimizer holding it stays valid); the first calibration gives it its shape."""
         scale = scale.detach().float().reshape(-1).clone()
         if self.learnable:
-            self.scale = nn.Parameter(scale)
+            if isinstance(self.scale, nn.Parameter) and self.scale.shape == scale.shape:
+                with torch.no_grad():
+                    self.scale.copy_(scale)
+            else:
+                self.scale = nn.Parameter(scale)
         else:
             self.scale = scale
         self.zero_point = zero_point.detach().float().reshape(-1).clone()
