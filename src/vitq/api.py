@@ -39,9 +39,11 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *,
         config = QuantConfig(**kwargs)
     elif kwargs:
         raise TypeError("give either a QuantConfig or its fields as keyword arguments, not both")
+    from .models.adapter import unwrap
+
     method = get_method(config.method)
     torch.manual_seed(config.seed)
-    qmodel = copy.deepcopy(model).eval()
+    qmodel = copy.deepcopy(unwrap(model)).eval()  # a torch.compile wrapper: quantize the module behind it
     start = time.perf_counter()
     qmodel, summary = method.run(qmodel, calib, config, progress=progress)
     qmodel.vitq_info = {

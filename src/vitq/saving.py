@@ -83,6 +83,7 @@ def save(model: nn.Module, out: str | Path, overwrite: bool = False) -> Path:
 
 def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
     from .methods.dynamic import is_dynamic_weight, is_paper_dynamic, paper_dynamic_tensors
+    from .models.loading import library_class_name
 
     packed = _packed_weights(model)
     state = model.state_dict()
@@ -110,7 +111,7 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
     points = quant_state(model)
     _write_json(folder / "vitq_config.json", {
         "format": FORMAT, "format_version": FORMAT_VERSION, "vitq_version": __version__,
-        "model_class": type(model).__name__, "info": info,
+        "model_class": library_class_name(model), "info": info,
         "structure": describe_structure(model), "points": points, "packed_weights": packed,
         "dynamic_weights": dynamic, "paper_dynamic_layers": sorted(paper),
         "attn_implementation": model.config._attn_implementation,
@@ -189,7 +190,7 @@ def load(folder: str | Path) -> nn.Module:
     import transformers
 
     from .models.attention import use_quant_attention
-    from .models.families import SUPPORTED_CLASSES
+    from .models.loading import transformers_class
 
     folder = Path(folder)
     if not is_saved_folder(folder):
@@ -198,9 +199,10 @@ def load(folder: str | Path) -> nn.Module:
     if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"{folder} was written in an unknown format {meta.get('format')} v{meta.get('format_version')}", hint="upgrade vitq")
     cls_name = meta["model_class"]
-    if cls_name not in SUPPORTED_CLASSES:
-        raise ModelError(f"{folder} holds a {cls_name}, which vitq does not support", hint="supported: " + ", ".join(SUPPORTED_CLASSES))
-    cls = getattr(transformers, cls_name)
+    cls = transformers_class(cls_name)
+    if cls is None:
+        raise ModelError(f"{folder} holds a {cls_name}, which this transformers version ({transformers.__version__}) cannot build",
+                         hint="install the transformers version it was saved with")
     config = cls.config_class.from_json_file(str(folder / "config.json"))
     config._name_or_path = str(folder)
     model = cls(config).eval()

@@ -77,7 +77,7 @@ def run(args) -> int:
     from ..data.preprocess import image_transform
     from ..models.families import family_of
     from ..models.loading import load_model
-    from ..models.prepare import resolve_components
+    from ..models.prepare import quantizable_blocks, resolve_components
     from ..saving import check_output_dir, save
 
     cfg = QuantConfig(method=args.method, bits=args.bits, components=args.components, exclude=tuple(args.exclude),
@@ -95,6 +95,8 @@ def run(args) -> int:
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
     comps = resolve_components(family_of(model), cfg.components)
+    if method.needs_calibration:
+        quantizable_blocks(model, comps)  # an architecture vitq cannot quantize fails before any data is read
     cfg.components = comps
     tokenizer = None
     if "text" in comps and needs_calib:

@@ -102,6 +102,7 @@ def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPS
     weight codes are stored; ``auto`` stores them unsigned on CPUs whose u8×s8 kernels saturate
     (:mod:`vitq.export.cpu`).
     """
+    from ..models.loading import library_class_name
     from .check import check_points, verify_export
     from .cpu import describe as describe_cpu
     from .graph_passes import WEIGHT_DTYPES
@@ -126,7 +127,7 @@ def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPS
     emodel = to_export_mode(model)
     summary = _point_summary(model)
     meta = {
-        "format": "vitq-onnx-qdq", "vitq_version": __version__, "opset": opset, "model_class": type(model).__name__,
+        "format": "vitq-onnx-qdq", "vitq_version": __version__, "opset": opset, "model_class": library_class_name(model),
         "method": model.vitq_info.get("method"), "bits": model.vitq_info.get("config", {}).get("bits"),
         "quantizer_kinds": summary["kinds"], "quantizer_bits": summary["bits"], "input_affines": summary["input_affines"],
         "weight_dtype": weight_dtype, "cpu": describe_cpu(), "towers": {},

@@ -16,18 +16,39 @@ from .families import SUPPORTED_CLASSES
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
-def _class_for_folder(folder: Path):
+def transformers_class(name: str):
+    """The transformers model class of that name, or None."""
     import transformers
+    from transformers import PreTrainedModel
 
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # transformers' lazy module raises on a few names it cannot import here
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, PreTrainedModel) else None
+
+
+def library_class_name(model: nn.Module) -> str:
+    """The transformers class a model is (or derives from): what a saved folder records to rebuild it."""
+    for cls in type(model).__mro__:
+        if transformers_class(cls.__name__) is cls:
+            return cls.__name__
+    raise ModelError(f"{type(model).__name__} is not a transformers model, so vitq cannot save and rebuild it",
+                     hint="quantize a transformers model (or a subclass of one)")
+
+
+def _class_for_folder(folder: Path):
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot read {folder / 'config.json'}: {err}", hint="pass a folder written by save_pretrained") from None
     for arch in cfg.get("architectures") or []:
-        if arch in SUPPORTED_CLASSES:
-            return getattr(transformers, arch)
+        cls = transformers_class(arch)
+        if cls is not None:
+            return cls
     named = ", ".join(cfg.get("architectures") or [cfg.get("model_type", "unknown")])
-    raise ModelError(f"{folder} holds a {named} model, which vitq does not support", hint="supported: " + ", ".join(SUPPORTED_CLASSES))
+    raise ModelError(f"{folder} holds a {named} model, which this transformers version cannot build",
+                     hint="check config.json's architectures; vitq is tested on: " + ", ".join(SUPPORTED_CLASSES))
 
 
 def _from_torch_checkpoint(path: Path) -> nn.Module:
@@ -103,10 +124,11 @@ def _from_hub(hub_id: str, **kwargs) -> nn.Module:
 
     try:
         cfg = transformers.AutoConfig.from_pretrained(hub_id)
-        archs = [a for a in (cfg.architectures or []) if a in SUPPORTED_CLASSES]
-        if not archs:
-            raise ModelError(f"{hub_id} is a {cfg.model_type} model, which vitq does not support", hint="supported: " + ", ".join(SUPPORTED_CLASSES))
-        return getattr(transformers, archs[0]).from_pretrained(hub_id, use_safetensors=True, **kwargs).float().eval()
+        classes = [c for c in (transformers_class(a) for a in (cfg.architectures or [])) if c is not None]
+        if not classes:
+            raise ModelError(f"{hub_id} is a {cfg.model_type} model that names no transformers model class",
+                             hint="vitq is tested on: " + ", ".join(SUPPORTED_CLASSES))
+        return classes[0].from_pretrained(hub_id, use_safetensors=True, **kwargs).float().eval()
     except ModelError:
         raise
     except OSError as err:

@@ -30,11 +30,11 @@ from fnmatch import fnmatch
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer
 from ..nn.modules import attach_output_point
-from .attention import use_quant_attention
-from .families import BLOCKS, EXTRA_PRE_LN, Family, component_of, family_of
+from .adapter import ModelAdapter, unwrap
+from .families import family_of
 
 ROLES = ("weight", "input", "patch_input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v",
          "attn_scores", "linear_out", "residual", "embed")
@@ -55,7 +55,7 @@ def _excluded(name: str, patterns) -> bool:
     return any(fnmatch(name, p) for p in patterns)
 
 
-def resolve_components(family: Family, requested) -> tuple[str, ...]:
+def resolve_components(family: ModelAdapter, requested) -> tuple[str, ...]:
     available = tuple(family.components)
     chosen = tuple(c for c in requested if c in available)
     if not chosen:
@@ -66,17 +66,33 @@ def resolve_components(family: Family, requested) -> tuple[str, ...]:
     return chosen
 
 
+def quantizable_blocks(model: nn.Module, components) -> list[str]:
+    """The transformer blocks of the selected components, or a ModelError saying none were found."""
+    family = family_of(model)
+    blocks = [b for c in components for b in family.blocks(c)]
+    if not blocks:
+        raise ModelError(
+            f"vitq found no transformer blocks in the {', '.join(components)} component(s) of this {type(unwrap(model)).__name__}",
+            hint="vitq recognises blocks by an attention module (q/k/v or qkv linears) and an MLP (fc1/fc2); "
+                 "for another layout, register it: vitq.models.adapter.register_block_roles(BlockClass, {...})",
+        )
+    return blocks
+
+
 def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclude=()) -> dict:
     """Insert quantization points in place; returns a summary (family, components, points)."""
     unknown = set(scheme) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles in scheme: {sorted(unknown)}; roles are {ROLES}")
+    model = unwrap(model)
     family = family_of(model)
     comps = resolve_components(family, components)
-    use_quant_attention(model)
+    blocks = quantizable_blocks(model, comps)
+    family.hook_attention(model)
+    unroutable = [b for b in blocks if not family.attention_hookable(b)]
 
     def selected(name: str) -> bool:
-        return component_of(family, name) in comps and not _excluded(name, exclude)
+        return family.component_of(name) in comps and not _excluded(name, exclude)
 
     modules = dict(model.named_modules())
     input_role: dict[str, str | None] = {}  # linear name -> role of its input (None: covered upstream)
@@ -98,12 +114,10 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
     outputs: list[str] = []  # layers whose output is quantized (linear_out)
     residual_lns: list[str] = []  # LayerNorms whose input is a residual sum
     residual_blocks: list[str] = []  # pre-LN blocks, whose output is a residual sum
-    for name, block in list(modules.items()):
-        roles = BLOCKS.get(type(block).__name__)
-        if roles is None or component_of(family, name) not in comps:
-            continue
+    for name in blocks:
+        roles = family.block_roles(name)
         p = lambda rel: _join(name, rel)  # noqa: E731
-        qkv = [p(roles.q), p(roles.k), p(roles.v)]
+        qkv = [p(r) for r in roles.qkv_linears]
         if roles.ln_attn:
             quantize_ln(p(roles.ln_attn), qkv)
         else:
@@ -114,7 +128,7 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
             input_role[p(roles.fc1)] = "post_ln"
         input_role[p(roles.fc2)] = "post_gelu"
         attn_name = p(roles.attention)
-        if selected(attn_name):
+        if selected(attn_name) and family.attention_hookable(name):
             attn = modules[attn_name]
             attn.vitq_qk = QuantMatMul(make_point(scheme, "attn_q"), make_point(scheme, "attn_k"))
             attn.vitq_pv = QuantMatMul(make_point(scheme, "softmax"), make_point(scheme, "attn_v"))
@@ -127,11 +141,9 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         else:
             residual_lns += [p(r) for r in roles.residual_lns]
 
-    for name, module in list(modules.items()):
-        extra = EXTRA_PRE_LN.get(type(module).__name__)
-        if extra and component_of(family, name) in comps:
-            ln_rel, consumers = extra
-            quantize_ln(_join(name, ln_rel), [_join(name, c) for c in consumers])
+    for comp in comps:
+        for ln_name, consumers in family.extra_pre_ln(model, comp):
+            quantize_ln(ln_name, consumers)
 
     for name, module in list(modules.items()):
         if not selected(name) or type(module) not in (nn.Linear, nn.Conv2d):
@@ -162,4 +174,9 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
             if kind.endswith("Embeddings") and "Patch" not in kind and selected(name):
                 attach_output_point(module, make_point(scheme, "embed"))
 
-    return {"family": family.name, "components": list(comps), "post_ln_consumers": consumers_of}
+    summary = {"family": family.name, "components": list(comps), "post_ln_consumers": consumers_of}
+    if unroutable:
+        # The attention of these blocks does not call transformers' attention registry (BLIP's
+        # vision tower): q·kᵀ and softmax·v stay in float there; say so in every result.
+        summary["float_attention"] = unroutable
+    return summary
