@@ -205,3 +205,31 @@ def test_fqvit_scope_adds_its_points_and_they_quantize(models, inputs, tmp_path)
     set_mode(q, "fp")  # (a saved folder keeps integer weights, so only the in-memory model has the float ones)
     for a, b in zip(encode_all(model, inputs), encode_all(q, inputs)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bit_plan_reaches_points_saving_size_bops_and_export(models, tmp_path):
+    """A per-layer plan: the first block at W8A8 inside a W4A4 model. Its points (the LayerNorm point
+    that feeds its q/k/v, its attention matmuls, its linears) get 8 bits; the others keep 4; the
+    plan survives save/load, counts in size and BOPs, and exports."""
+    from vitq.eval.cost import compute_cost, model_size
+    from vitq.export import export_onnx
+
+    model = models["ViTForImageClassification"]
+    plan = {"vit.layers.0.*": "W8A8"}
+    q = quantize(model, "minmax", bits="W4A4", bit_plan=plan)
+    plain = quantize(model, "minmax", bits="W4A4")
+    for name, p in quantizers(q):
+        expected = 8 if name.startswith("vit.layers.0.") else 4
+        assert p.bits == expected, name
+    assert q.vitq_info["config"]["bit_plan"] == plan
+    back = vitq.load(vitq.save(q, tmp_path / "m"))
+    assert {n: p.bits for n, p in quantizers(back)} == {n: p.bits for n, p in quantizers(q)}
+    w0 = sum(m.weight.numel() for n, m in q.named_modules() if n.startswith("vit.layers.0.") and hasattr(m, "weight_quantizer"))
+    assert model_size(q)["bytes"] - model_size(plain)["bytes"] == w0 * (8 - 4) / 8
+    cost, cost_plain = compute_cost(q), compute_cost(plain)
+    assert cost["bops"] > cost_plain["bops"] and "W8A8" in cost["flops_by_bits"]
+    assert "W4A32" not in cost_plain["flops_by_bits"]  # q/k/v count at the bits of the LayerNorm point feeding them
+    out = export_onnx(q, tmp_path / "onnx")
+    assert __import__("json").loads((out / "export.json").read_text())["quantizer_bits"] == [4, 8]
+    with pytest.raises(ConfigError, match="out of range"):
+        vitq.QuantConfig(bit_plan={"*": "W9A9"})

@@ -50,6 +50,49 @@ def parse_bits(spec: str | BitSpec) -> BitSpec:
     return bits
 
 
+ATTENTION_ROLES = ("attn_q", "attn_k", "softmax", "attn_v", "attn_scores")
+
+
+class BitPlan:
+    """Per-layer bit widths: ordered ``fnmatch`` patterns of layer names, each with a bit spec; the
+    last pattern that matches a layer wins, and a layer no pattern matches keeps the method's bits.
+
+    A point belongs to a layer: a weight or input point to its linear, an attention-matmul point to
+    the attention module, a LayerNorm output point to the first linear it feeds (so a pattern for
+    ``*.layers.3.self_attn*`` covers the whole MSA module, as mixed-precision searches want). Weight
+    points take the spec's weight bits, attention points its attention bits, the others its
+    activation bits.
+    """
+
+    def __init__(self, rules=None):
+        items = rules.items() if isinstance(rules, dict) else (rules or ())
+        self.rules: tuple[tuple[str, BitSpec], ...] = tuple((str(p), parse_bits(b)) for p, b in items)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def spec_for(self, layer: str) -> BitSpec | None:
+        from fnmatch import fnmatch
+
+        found = None
+        for pattern, spec in self.rules:
+            if fnmatch(layer, pattern):
+                found = spec
+        return found
+
+    def bits_for(self, layer: str, role: str) -> int | None:
+        """The bits of ``role`` in ``layer`` under this plan, or None where the plan says nothing."""
+        spec = self.spec_for(layer)
+        if spec is None:
+            return None
+        if role == "weight":
+            return spec.w
+        return spec.attn if role in ATTENTION_ROLES else spec.a
+
+    def to_dict(self) -> dict[str, str]:
+        return {p: str(b) for p, b in self.rules}
+
+
 def parse_components(components) -> tuple[str, ...]:
     """``"image,text"``, ``"both"``/``"combined"``, or a sequence → a tuple of component names."""
     if isinstance(components, str):
@@ -75,6 +118,8 @@ class QuantConfig:
 
     ``bits`` takes a spec (``"W4A4"``, ``"4-4-8"``); or give ``w_bits``/``a_bits``/``attn_bits``.
     ``exclude`` holds fnmatch patterns of module names kept in full precision.
+    ``bit_plan`` maps fnmatch patterns of layer names to bit specs (:class:`BitPlan`), e.g.
+    ``{"vision_model.encoder.layers.0.*": "W8A8"}``: those layers get other bits than ``bits``.
     ``options`` holds method-specific settings (e.g. ``percentile``, ``momentum``).
     """
 
@@ -89,6 +134,7 @@ class QuantConfig:
     batch_size: int = 16
     seed: int = 0
     options: dict = field(default_factory=dict)
+    bit_plan: dict = field(default_factory=dict)
 
     def __post_init__(self):
         spec = parse_bits(self.bits) if self.bits is not None else parse_bits(
@@ -98,12 +144,17 @@ class QuantConfig:
         self.bits = str(spec)
         self.components = parse_components(self.components)
         self.exclude = tuple(self.exclude)
+        self.bit_plan = BitPlan(self.bit_plan).to_dict()  # checks every spec; keeps the order
         if self.num_calib <= 0 or self.batch_size <= 0:
             raise ConfigError("num_calib and batch_size must be positive")
 
     @property
     def spec(self) -> BitSpec:
         return BitSpec(self.w_bits, self.a_bits, self.attn_bits)
+
+    @property
+    def plan(self) -> BitPlan:
+        return BitPlan(self.bit_plan)
 
     def to_dict(self) -> dict:
         d = asdict(self)

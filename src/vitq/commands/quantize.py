@@ -20,6 +20,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--components", default="image,text", help="image, text, or image,text (default: every component the model has)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep modules matching this fnmatch pattern in full precision (repeatable)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. percentile=99.9 (repeatable)")
+    p.add_argument("--layer-bits", action="append", default=[], metavar="PATTERN=SPEC",
+                   help="a per-layer bit plan: layers matching the fnmatch PATTERN get bit spec SPEC, e.g. "
+                        "'vision_model.encoder.layers.0.*=W8A8' (repeatable; the last match wins)")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id, when the model folder has none")
     p.add_argument("--preprocess", choices=("processor", "clip", "imagenet", "inception"),
                    help="image normalisation when the model has no saved image processor (see vitq eval --help)")
@@ -45,6 +48,18 @@ def _parse_options(items: list[str]) -> dict:
         except ValueError:
             out[key] = value
     return out
+
+
+def _parse_layer_bits(items: list[str]) -> dict:
+    from ..errors import ConfigError
+
+    plan = {}
+    for item in items:
+        pattern, sep, spec = item.rpartition("=")
+        if not sep or not pattern or not spec:
+            raise ConfigError(f"cannot read --layer-bits {item!r}", hint="write PATTERN=SPEC, e.g. --layer-bits '*.layers.0.*=W8A8'")
+        plan[pattern] = spec
+    return plan
 
 
 def list_methods() -> str:
@@ -81,6 +96,7 @@ def run(args) -> int:
     from ..saving import check_output_dir, save
 
     cfg = QuantConfig(method=args.method, bits=args.bits, components=args.components, exclude=tuple(args.exclude),
+                      bit_plan=_parse_layer_bits(args.layer_bits),
                       num_calib=args.num_calib, batch_size=args.batch_size, seed=args.seed, options=_parse_options(args.option))
     from ..methods import get_method
 

@@ -142,8 +142,9 @@ def _is_matmul_module(module) -> bool:
     return hasattr(module, "a_quantizer") and hasattr(module, "b_quantizer")
 
 
-def _layer_cost(module, args, output) -> tuple[str, int, int, int] | None:
-    """(kind, MACs, weight bits, activation bits) of one call of a counted layer."""
+def _layer_cost(module, args, output, upstream_bits: int | None = None) -> tuple[str, int, int, int] | None:
+    """(kind, MACs, weight bits, activation bits) of one call of a counted layer. ``upstream_bits``: the
+    bits its input was quantized to before it arrived (a LayerNorm's output point feeding q, k, v)."""
     if _is_matmul_module(module) and len(args) >= 2:
         a, b = args[0], args[1]
         batch = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
@@ -151,6 +152,8 @@ def _layer_cost(module, args, output) -> tuple[str, int, int, int] | None:
         return "matmul", macs, quantizer_bits(module.a_quantizer), quantizer_bits(module.b_quantizer)
     w_bits = quantizer_bits(getattr(module, "weight_quantizer", None))
     a_bits = quantizer_bits(getattr(module, "input_quantizer", None))
+    if a_bits == FULL_BITS and upstream_bits is not None:
+        a_bits = upstream_bits
     if _is_dynamic_int8(getattr(module, "weight", None)):
         w_bits = a_bits = 8  # torchao dynamic int8: int8 weights and int8 activations at run time
     out = output if torch.is_tensor(output) else output[0]
@@ -171,14 +174,25 @@ def compute_cost(model, image_size: int | None = None) -> dict:
     size = image_size or image_size_of(model.config)
     x = torch.zeros(1, 3, size, size, device=device_of(model), dtype=next(model.parameters()).dtype)
     calls: list[tuple[str, int, int, int]] = []
+    # Tensors that left an active quantization point, with its bits: a linear fed one of them (q, k, v
+    # after a LayerNorm's output point) computes on quantized inputs though it has no point of its own.
+    quantized: dict[int, tuple[torch.Tensor, int]] = {}
+
+    def mark(module, args, output):
+        if torch.is_tensor(output) and getattr(module, "active", False) and module.role != "weight":
+            quantized[id(output)] = (output, module.bits)
 
     def record(module, args, output):
-        cost = _layer_cost(module, args, output)
+        seen = quantized.get(id(args[0])) if args and torch.is_tensor(args[0]) else None
+        cost = _layer_cost(module, args, output, seen[1] if seen is not None and seen[0] is args[0] else None)
         if cost is not None:
             calls.append(cost)
 
+    from ..nn import TensorQuantizer
+
     handles = [m.register_forward_hook(record) for m in model.modules()
                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) or _is_matmul_module(m)]
+    handles += [m.register_forward_hook(mark) for m in model.modules() if isinstance(m, TensorQuantizer)]
     counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
     was_training = model.training
     # FlopCounterMode's module tracker hooks autograd for tensors that require grad, which fails under

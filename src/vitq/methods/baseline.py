@@ -70,7 +70,7 @@ class OMSEOptions(BaselineOptions):
 def _baseline(observer: str):
     def run(model, calib, cfg: QuantConfig, opts: BaselineOptions, progress: bool = True):
         scheme = baseline_scheme(cfg, observer, opts)
-        summary = prepare(model, scheme, cfg.components, cfg.exclude)
+        summary = prepare(model, scheme, cfg.components, cfg.exclude, cfg.plan)
         calibrate(model, as_batches(calib), summary["components"], progress=progress, sequential=opts.sequential)
         summary["calibration"] = "sequential" if opts.sequential else "parallel"
         summary["scope"] = opts.scope

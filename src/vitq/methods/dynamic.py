@@ -132,6 +132,9 @@ def compile_components(model: nn.Module, components) -> None:
 @register("dynamic", "dq-clip", options=DynamicOptions, needs_calibration=False)
 def dynamic_int8(model, calib, cfg: QuantConfig, opts: DynamicOptions, progress: bool = True):
     """DQ-CLIP: int8 weights, per-input activation scales at run time, on int8 kernels."""
+    if cfg.bit_plan:
+        raise ConfigError("dynamic quantization runs int8 kernels everywhere; it takes no bit plan",
+                          hint="drop --layer-bits, or keep layers in float with --exclude")
     if (cfg.w_bits, cfg.a_bits) != (8, 8):
         raise ConfigError(f"dynamic quantization runs int8 kernels; {cfg.bits} is not available", hint="use --bits W8A8 with --method dynamic")
     comps = resolve_components(family_of(model), cfg.components)

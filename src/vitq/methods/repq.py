@@ -172,7 +172,7 @@ def reparameterize_softmax(model: nn.Module) -> int:
 def repq_vit(model, calib, cfg: QuantConfig, opts: RepQOptions, progress: bool = True):
     """RepQ-ViT: scale reparameterization of post-LayerNorm and post-Softmax quantizers."""
     post_ln, softmax = opts.post_ln, opts.softmax
-    summary = prepare(model, repq_scheme(cfg, opts), cfg.components, cfg.exclude)
+    summary = prepare(model, repq_scheme(cfg, opts), cfg.components, cfg.exclude, cfg.plan)
     calibrate(model, as_batches(calib), summary["components"], progress=progress, sequential=opts.sequential)
     affines = 0
     if post_ln == "reparam":

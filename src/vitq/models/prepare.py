@@ -30,6 +30,7 @@ from fnmatch import fnmatch
 
 from torch import nn
 
+from ..config import BitPlan
 from ..errors import ConfigError, ModelError
 from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer
 from ..nn.modules import attach_output_point
@@ -40,10 +41,14 @@ ROLES = ("weight", "input", "patch_input", "post_ln", "post_gelu", "attn_q", "at
          "attn_scores", "linear_out", "residual", "embed")
 
 
-def make_point(scheme: dict, role: str) -> TensorQuantizer | None:
+def make_point(scheme: dict, role: str, layer: str | None = None, plan: BitPlan | None = None) -> TensorQuantizer | None:
+    """The point of ``role`` from the scheme; a bit plan may give ``layer`` other bits."""
     settings = scheme.get(role)
     if settings is None:
         return None
+    bits = plan.bits_for(layer, role) if plan and layer is not None else None
+    if bits is not None:
+        settings = dict(settings, bits=bits)
     return TensorQuantizer(**settings, role=role)
 
 
@@ -79,8 +84,12 @@ def quantizable_blocks(model: nn.Module, components) -> list[str]:
     return blocks
 
 
-def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclude=()) -> dict:
-    """Insert quantization points in place; returns a summary (family, components, points)."""
+def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclude=(), bit_plan: BitPlan | dict | None = None) -> dict:
+    """Insert quantization points in place; returns a summary (family, components, points).
+
+    ``bit_plan`` (a :class:`vitq.config.BitPlan` or its dict) gives chosen layers other bits."""
+    plan = bit_plan if isinstance(bit_plan, BitPlan) else BitPlan(bit_plan)
+    point = lambda role, layer: make_point(scheme, role, layer, plan)  # noqa: E731
     unknown = set(scheme) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles in scheme: {sorted(unknown)}; roles are {ROLES}")
@@ -106,7 +115,7 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
             for c in consumers:  # some consumer stays in float: each quantized consumer takes its own input point
                 input_role[c] = "post_ln"
             return
-        model.set_submodule(ln_name, QuantLayerNorm.from_float(ln, make_point(scheme, "post_ln")))
+        model.set_submodule(ln_name, QuantLayerNorm.from_float(ln, point("post_ln", consumers[0])))
         consumers_of[ln_name] = list(consumers)
         for c in consumers:
             input_role[c] = None
@@ -130,10 +139,10 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         attn_name = p(roles.attention)
         if selected(attn_name) and family.attention_hookable(name):
             attn = modules[attn_name]
-            attn.vitq_qk = QuantMatMul(make_point(scheme, "attn_q"), make_point(scheme, "attn_k"))
-            attn.vitq_pv = QuantMatMul(make_point(scheme, "softmax"), make_point(scheme, "attn_v"))
+            attn.vitq_qk = QuantMatMul(point("attn_q", attn_name), point("attn_k", attn_name))
+            attn.vitq_pv = QuantMatMul(point("softmax", attn_name), point("attn_v", attn_name))
             if scheme.get("attn_scores") is not None:
-                attn.vitq_scores = make_point(scheme, "attn_scores")
+                attn.vitq_scores = point("attn_scores", attn_name)
         outputs += [p(roles.out), p(roles.fc2)]
         if roles.ln_attn:
             residual_lns.append(p(roles.ln_mlp))
@@ -151,9 +160,9 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         default = "patch_input" if isinstance(module, nn.Conv2d) and scheme.get("patch_input") else "input"
         role = input_role.get(name, default)
         wrapper = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
-        new = wrapper.from_float(module, make_point(scheme, "weight"), make_point(scheme, role) if role else None)
+        new = wrapper.from_float(module, point("weight", name), point(role, name) if role else None)
         if scheme.get("linear_out") is not None and (name in outputs or isinstance(module, nn.Conv2d)):
-            new.output_quantizer = make_point(scheme, "linear_out")
+            new.output_quantizer = point("linear_out", name)
         model.set_submodule(name, new)
 
     if scheme.get("residual") is not None:
@@ -164,15 +173,15 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
             if not isinstance(ln, QuantLayerNorm):
                 ln = QuantLayerNorm.from_float(ln)
                 model.set_submodule(ln_name, ln)
-            ln.input_quantizer = make_point(scheme, "residual")
+            ln.input_quantizer = point("residual", ln_name)
         for block_name in residual_blocks:
             if selected(block_name):
-                attach_output_point(model.get_submodule(block_name), make_point(scheme, "residual"))
+                attach_output_point(model.get_submodule(block_name), point("residual", block_name))
     if scheme.get("embed") is not None:
         for name, module in list(model.named_modules()):
             kind = type(module).__name__
             if kind.endswith("Embeddings") and "Patch" not in kind and selected(name):
-                attach_output_point(module, make_point(scheme, "embed"))
+                attach_output_point(module, point("embed", name))
 
     summary = {"family": family.name, "components": list(comps), "post_ln_consumers": consumers_of}
     if unroutable:
