@@ -197,3 +197,65 @@ def replay(module: nn.Module, stream: Stream) -> Iterator:
             yield module(*args, **kwargs)
         except StopForward:
             yield None
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out:
+        return _first_tensor(out[0])
+    value = getattr(out, "last_hidden_state", None)
+    return value if value is not None else out
+
+
+def record(model: nn.Module, names: list[str], batches: Iterable, run: Callable, what: tuple[str, ...] = ("output",),
+           cap_mb: float = 1024.0, spill_dir=None) -> dict[str, dict[str, Stream]]:
+    """Record, for each named module and each batch, its ``input`` (``(args, kwargs)``) and/or its
+    ``output`` (the first tensor it returns), in the model's current modes. The forward stops once
+    every named module has been seen. Returns ``{name: {"input": Stream, "output": Stream}}``, memory
+    capped per stream and spilled to disk past the cap."""
+    out = {n: {w: Stream(cap_mb, spill_dir) for w in what} for n in names}
+    modules = {n: model.get_submodule(n) for n in names}
+    for batch in batches:
+        pending = set(names)
+        hooks = []
+
+        def make(name):
+            def pre(mod, args, kwargs):
+                if "input" in out[name]:
+                    out[name]["input"].append(detach_clone((args, kwargs)))
+
+            def post(mod, args, kwargs, output):
+                if "output" in out[name]:
+                    out[name]["output"].append(detach_clone(_first_tensor(output)))
+                pending.discard(name)
+                if not pending:
+                    raise StopForward
+
+            return pre, post
+
+        for name, module in modules.items():
+            pre, post = make(name)
+            hooks.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            hooks.append(module.register_forward_hook(post, with_kwargs=True))
+        run_until(run, batch, hooks)
+    return out
+
+
+def record_side_by_side(model: nn.Module, names: list[str], batches: Iterable, run: Callable, what: tuple[str, ...] = ("output",),
+                        cap_mb: float = 1024.0, spill_dir=None) -> dict[str, dict[str, dict[str, Stream]]]:
+    """:func:`record` twice, full precision (every point off) and quantized (the points as they are):
+    ``{name: {"fp": {...}, "quant": {...}}}``. The points' modes are restored afterwards."""
+    from ..nn import quantizers
+
+    points = [q for _, q in quantizers(model)]
+    modes = [(q.mode, q.enabled) for q in points]
+    try:
+        for q in points:
+            q.enabled = False
+        fp = record(model, names, batches, run, what, cap_mb, spill_dir)
+    finally:
+        for q, (mode, enabled) in zip(points, modes):
+            q.mode, q.enabled = mode, enabled
+    quant = record(model, names, batches, run, what, cap_mb, spill_dir)
+    return {n: {"fp": fp[n], "quant": quant[n]} for n in names}
