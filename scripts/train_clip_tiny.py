@@ -29,7 +29,7 @@ evaluation prompts take (the main loss's ensemble also holds the WordNet synonym
 
 With ``--teacher FOLDER`` (train_cnn_teacher.py) both heads also learn from a convnet's labels on
 the same augmented batch (DeiT-style distillation, ``--distill-kind/--distill-weight``); with
-``--init-from epochNNN.pt`` a run starts from an earlier run's weights with a fresh schedule, which
+``--init-from epochNNN.safetensors`` a run starts from an earlier run's weights with a fresh schedule, which
 is how the shipped weights got their distilled epochs after the plain ones.
 """
 

@@ -61,12 +61,13 @@ def common_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, help="final evaluation on a balanced subset (smoke tests)")
     p.add_argument("--run-dir", type=Path, default=REPO / "runs" / name)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / name, help="packaged fp16 folder")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint RUN_DIR/last")
     p.add_argument("--stop-after", type=int, default=None,
                    help="exit after this epoch's checkpoint (to --resume later, possibly with other augmentation flags)")
     p.add_argument("--no-export", action="store_true", help="train only; do not write the package folder")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="start from these model weights (an epochNNN.pt of an earlier run) with a fresh optimiser and schedule")
+                   help="start from these model weights (an epochNNN.safetensors of an earlier run, its RUN_DIR/last, or an older "
+                        "epochNNN.pt) with a fresh optimiser and schedule")
     p.add_argument("--teacher", type=Path, default=None,
                    help="HF image-classifier folder (train_cnn_teacher.py) to distil from, DeiT-style")
     p.add_argument("--distill-weight", type=float, default=0.5,
@@ -99,8 +100,11 @@ def setup(args) -> None:
         raise SystemExit("--repeat-aug must be >= 1 (1: off; DeiT uses 3)")
     if not 0.0 <= getattr(args, "drop_path", 0.0) < 1.0:
         raise SystemExit("--drop-path must lie in [0, 1) (0: off; DeiT-Ti uses 0.1)")
-    for flag, path, kind in (("--init-from", args.init_from, "file"), ("--teacher", args.teacher, "folder")):
-        if path is not None and not (path.is_file() if kind == "file" else (path / "config.json").is_file()):
+    init_ok = args.init_from is None or args.init_from.is_file() or (args.init_from / "tensors.safetensors").is_file()
+    if not init_ok:
+        raise SystemExit(f"--init-from {args.init_from}: no such file (epochNNN.safetensors, a .pt state dict) or checkpoint folder")
+    for flag, path, kind in (("--teacher", args.teacher, "folder"),):
+        if path is not None and not (path / "config.json").is_file():
             raise SystemExit(f"{flag} {path}: no such {kind}" + (" with a config.json (an HF model folder)" if kind == "folder" else ""))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -288,11 +292,22 @@ def _jitter(x: torch.Tensor, g: torch.Generator, s: float) -> torch.Tensor:
 def init_weights(args, model: torch.nn.Module) -> None:
     """Load ``--init-from`` into a fresh run (not on --resume, whose checkpoint holds the newer weights).
     The recipe in training.json records the path."""
-    if args.init_from is None or (args.resume and (args.run_dir / "last.pt").is_file()):
+    if args.init_from is None or (args.resume and has_checkpoint(args.run_dir)):
         return
-    blob = torch.load(args.init_from, map_location="cpu", weights_only=True)
+    path = Path(args.init_from)
+    if path.is_dir():  # a RUN_DIR/last checkpoint folder
+        from safetensors.torch import load_file
+
+        blob = {k[len("model."):]: v for k, v in load_file(str(path / "tensors.safetensors")).items() if k.startswith("model.")}
+    elif path.suffix == ".safetensors":  # epochNNN.safetensors
+        from safetensors.torch import load_file
+
+        blob = load_file(str(path))
+    else:  # a .pt state dict of earlier runs, read without unpickling code
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = blob["model"] if "model" in blob else blob
     try:
-        model.load_state_dict(blob["model"] if "model" in blob else blob)  # last.pt holds more than the weights
+        model.load_state_dict(blob)
     except RuntimeError as err:
         raise SystemExit(f"--init-from {args.init_from} does not fit this model (same --width/--depth/--heads/--patch "
                          f"and heads as the run that wrote it?): {str(err).splitlines()[0]}") from None
@@ -410,81 +425,59 @@ def train_loop(
     frozen: tuple[torch.nn.Module, ...] = (),
     num_classes: int | None = None,
 ) -> dict:
-    """Train for ``args.epochs`` epochs with per-epoch checkpoints; returns the run history.
+    """Train for ``args.epochs`` epochs on vitq's training loop (vitq.train: seeded epoch order,
+    safetensors checkpoints in RUN_DIR/last after every epoch, epochNNN.safetensors weights,
+    ``--resume``, ``--stop-after``); returns the run history.
 
     ``loss_fn(x, y, g)`` gets normalised augmented images (``--low-res`` px during the first
-    ``--low-res-epochs``, then 64 px), labels and the epoch generator.
+    ``--low-res-epochs``, then 64 px), labels and the epoch generator; it runs under bf16 autocast.
     ``evaluate()`` returns a dict of quick metrics logged after each epoch.
     ``frozen`` modules stay in eval mode (no dropout) while the rest trains.
     With ``--mixup``/``--cutmix`` the labels become probability targets over ``num_classes``.
     """
+    from vitq.errors import ConfigError
+    from vitq.train import TrainConfig, train
+
     if (args.mixup > 0 or args.cutmix > 0) and num_classes is None:
         raise ValueError("train_loop needs num_classes when --mixup or --cutmix is on")
     steps_per_epoch = len(images) // args.batch_size  # drop the ragged last batch
     scheduler = warmup_stable_decay(optimizer, steps_per_epoch * args.epochs, int(steps_per_epoch * args.warmup), args.cooldown)
-    state = {"epoch": 0, "history": [], "train_seconds": 0.0}
-    ckpt = args.run_dir / "last.pt"
-    if args.resume and ckpt.is_file():
-        state = _load_checkpoint(ckpt, model, optimizer, scheduler)
-        print(f"resumed from {ckpt} after epoch {state['epoch']}")
-        if args.stop_after is not None and args.stop_after <= state["epoch"]:
-            raise SystemExit(f"--stop-after {args.stop_after}: {ckpt} is already past epoch {state['epoch']}; "
-                             "drop --stop-after or give a later epoch")
-    for epoch in range(state["epoch"], args.epochs):
-        g = epoch_generator(args.seed, epoch)
+    size = [IMAGE_SIZE]
+
+    def on_epoch_start(epoch: int, g: torch.Generator) -> None:
         drop_path.use_generator(model, g)
-        order = epoch_order(len(images), g, getattr(args, "repeat_aug", 1))
-        size = args.low_res if epoch < args.low_res_epochs else IMAGE_SIZE
-        model.train()
         for module in frozen:
             module.eval()
-        start, total = time.time(), 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=10)
-        for step in bar:
-            idx = order[step * args.batch_size : (step + 1) * args.batch_size]
-            x = augment(images[idx], g, aug, size)
-            x, y = mix_batch(x, labels[idx], g, num_classes, args.mixup, args.cutmix, args.mix_p)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = loss_fn(x, y, g)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / (step + 1):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        seconds = time.time() - start
-        model.eval()
-        metrics = evaluate()
-        entry = {"epoch": epoch + 1, "size": size, "loss": total / steps_per_epoch, "seconds": round(seconds, 1), **metrics}
-        state["history"].append(entry)
-        state["train_seconds"] += seconds
-        state["epoch"] = epoch + 1
-        print(json.dumps(entry), flush=True)
-        _save_checkpoint(ckpt, model, optimizer, scheduler, state)
-        if state["epoch"] == args.stop_after:
-            print(f"stopped after epoch {state['epoch']} as asked (--stop-after); continue with --resume", flush=True)
-            raise SystemExit(0)
+        size[0] = args.low_res if epoch < args.low_res_epochs else IMAGE_SIZE
+
+    def step(idx: torch.Tensor, ctx) -> torch.Tensor:
+        x = augment(images[idx], ctx.generator, aug, size[0])
+        x, y = mix_batch(x, labels[idx], ctx.generator, num_classes, args.mixup, args.cutmix, args.mix_p)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the loss only: augmentation stays fp32
+            return loss_fn(x, y, ctx.generator)
+
+    def on_epoch_end(epoch: int, loss: float) -> dict:
+        metrics = {"size": size[0], **evaluate()}
+        print(json.dumps({"epoch": epoch + 1, "loss": loss, **metrics}), flush=True)
+        return metrics
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, grad_clip=1.0, checkpoint_dir=args.run_dir,
+                         resume=args.resume, stop_after=args.stop_after, keep_epochs=True)
+    try:
+        state = train(model, optimizer, len(images), step, config, scheduler=scheduler,
+                      order=lambda n, g: epoch_order(n, g, getattr(args, "repeat_aug", 1)),
+                      on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
+    except ConfigError as err:
+        raise SystemExit(f"{err.message}" + (f" ({err.hint})" if err.hint else "")) from None
+    if state.stopped_early:
+        print(f"stopped after epoch {state.epoch} as asked (--stop-after); continue with --resume", flush=True)
+        raise SystemExit(0)
     model.eval()
-    return state
+    return state.to_dict()
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state},
-        tmp,
-    )
-    tmp.replace(path)  # never leave a half-written checkpoint behind
-    torch.save(model.state_dict(), path.parent / f"epoch{state['epoch']:03d}.pt")
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    return blob["state"]
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "last" / "state.json").is_file()
 
 
 # -- evaluation helpers --------------------------------------------------------------------------

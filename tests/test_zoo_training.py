@@ -106,7 +106,10 @@ def test_stop_after_then_resume_equals_an_uninterrupted_run(tmp_path, mixing):
     with pytest.raises(SystemExit) as stop:
         _loop(tmp_path / "split", epochs=3, stop_after=1, **mixing)
     assert stop.value.code == 0
-    assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["state"]["epoch"] == 1
+    import json
+
+    assert json.loads((tmp_path / "split" / "last" / "state.json").read_text())["state"]["epoch"] == 1
+    assert (tmp_path / "split" / "epoch001.safetensors").is_file()
     resumed = _loop(tmp_path / "split", epochs=3, resume=True, **mixing)
     torch.testing.assert_close(resumed, straight)
     if mixing:  # mixing / drop path changes the run
@@ -203,12 +206,18 @@ def test_init_from_loads_epoch_or_full_checkpoints_but_not_over_a_resume(tmp_pat
         target = torch.nn.Linear(3, 2)
         zt.init_weights(SimpleNamespace(init_from=path, resume=False, run_dir=tmp_path / "run"), target)
         torch.testing.assert_close(target.weight, source.weight)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    (tmp_path / "run" / "last").mkdir(parents=True)
+    (tmp_path / "run" / "last" / "state.json").write_text("{}")
     untouched = torch.nn.Linear(3, 2)
     before = untouched.weight.detach().clone()
     zt.init_weights(SimpleNamespace(init_from=tmp_path / "epoch005.pt", resume=True, run_dir=tmp_path / "run"), untouched)
-    torch.testing.assert_close(untouched.weight, before)  # --resume continues from last.pt instead
+    torch.testing.assert_close(untouched.weight, before)  # --resume continues from RUN_DIR/last instead
+    from safetensors.torch import save_file
+
+    save_file(source.state_dict(), str(tmp_path / "epoch006.safetensors"))  # what the loop writes now
+    target = torch.nn.Linear(3, 2)
+    zt.init_weights(SimpleNamespace(init_from=tmp_path / "epoch006.safetensors", resume=False, run_dir=tmp_path / "new"), target)
+    torch.testing.assert_close(target.weight, source.weight)
 
 
 def test_a_teacher_with_other_classes_is_refused(tmp_path):

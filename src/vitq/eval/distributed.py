@@ -8,25 +8,15 @@ No batch is padded or repeated to even out the shards.
 
 from __future__ import annotations
 
-import os
-
 import torch.distributed as dist
+
+from ..distributed import ensure_initialized as _ensure_initialized
+from ..distributed import is_main, rank_and_world  # noqa: F401  (the evaluators import them from here)
 
 
 def ensure_initialized() -> None:
     """Join the process group that ``torchrun`` describes in the environment (gloo), once."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main() -> bool:
-    return rank_and_world()[0] == 0
+    _ensure_initialized(backend="gloo")
 
 
 def batches(n: int, batch_size: int) -> list[list[int]]:

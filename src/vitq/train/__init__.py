@@ -1,0 +1,9 @@
+"""Training for everything vitq learns: the loop (seeded order, progress, safetensors checkpoints
+with resume, data parallel under torchrun), checkpoints and distillation losses."""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .losses import contrastive, feature_distillation, hard_distillation, soft_cross_entropy, soft_distillation
+from .loop import StepContext, TrainConfig, TrainState, epoch_generator, train
+
+__all__ = ["train", "TrainConfig", "TrainState", "StepContext", "epoch_generator", "save_checkpoint", "load_checkpoint",
+           "soft_distillation", "soft_cross_entropy", "hard_distillation", "feature_distillation", "contrastive"]
