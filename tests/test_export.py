@@ -416,3 +416,15 @@ def test_zoo_clip_repq_w4a4_exports_to_integer_kernels(tmp_path):
     graph = onnx.load(str(tmp_path / "m" / "onnx" / "text.onnx")).graph
     zps = _qdq_params(graph, "QuantizeLinear")
     assert all(np.asarray(z).size == 1 for _, z in zps)  # every activation point is per-tensor
+
+
+def test_bf16_calibrated_model_exports_in_float32(models, tmp_path):
+    """A model calibrated in bf16 exports float32 graphs that match its float32 simulation."""
+    import copy
+
+    q16 = _quantize(copy.deepcopy(models["CLIPModel"]).to(torch.bfloat16))
+    out = export_onnx(q16, tmp_path / "onnx")
+    x = sample_inputs(seed=3, batch=4)["pixel_values"]
+    got = ExportedModel(out).encode_image(x)
+    ref = _simulated(copy.deepcopy(q16).float(), "image", x)
+    assert got.dtype == torch.float32 and _cosine(got, ref).min() > 0.999

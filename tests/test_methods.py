@@ -233,3 +233,30 @@ def test_bit_plan_reaches_points_saving_size_bops_and_export(models, tmp_path):
     assert __import__("json").loads((out / "export.json").read_text())["quantizer_bits"] == [4, 8]
     with pytest.raises(ConfigError, match="out of range"):
         vitq.QuantConfig(bit_plan={"*": "W9A9"})
+
+
+def test_registered_method_runs_with_its_metadata(models):
+    """A method's metadata is data: a result that is not a MethodResult is refused, a method runs
+    without gradients unless it registers trains=True, and vitq_info comes from its result."""
+    import torch
+
+    from vitq.methods import _REGISTRY, MethodResult, register
+
+    seen = {}
+
+    def fn(model, calib, cfg, opts, progress=True):
+        seen[cfg.method] = torch.is_grad_enabled()
+        return model, (MethodResult("vit", ["image"], details={"probe": {"ok": 1}}) if cfg.method != "probe-dict" else {})
+
+    try:
+        for name, trains in (("probe-nograd", False), ("probe-trains", True), ("probe-dict", False)):
+            register(name, needs_calibration=False, trains=trains, summary="probe")(fn)
+        q = vitq.quantize(models["ViTModel"], method="probe-nograd", progress=False)
+        assert seen["probe-nograd"] is False and q.vitq_info["probe"] == {"ok": 1} and q.vitq_info["family"] == "vit"
+        vitq.quantize(models["ViTModel"], method="probe-trains", progress=False)
+        assert seen["probe-trains"] is True
+        with pytest.raises(TypeError, match="returned dict, not a MethodResult"):
+            vitq.quantize(models["ViTModel"], method="probe-dict", progress=False)
+    finally:
+        for name in ("probe-nograd", "probe-trains", "probe-dict"):
+            _REGISTRY.pop(name, None)

@@ -94,3 +94,40 @@ def test_point_description_round_trips_every_field():
         back = TensorQuantizer.from_description(p.describe())
         assert back.describe() | {"scale_min": None, "scale_max": None} == p.describe() | {"scale_min": None, "scale_max": None}
         assert back.role == "softmax" and back.kind == kind and back.learnable == (kind == "uniform")
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "saved_v1"
+
+
+@pytest.mark.parametrize("name", ["clip_minmax_w8a8", "clip_repq_w4a4", "swin_omse_448", "clip_dynamic"])
+def test_folders_saved_by_the_first_release_load_exactly(name):
+    """Folders written before core v2 (tests/fixtures/saved_v1) load and compute the outputs that
+    the code which wrote them computed."""
+    from safetensors.torch import load_file as read
+    from vitq.models.families import family_of
+
+    inputs, expected = read(FIXTURES / "inputs.safetensors"), read(FIXTURES / f"{name}.outputs.safetensors")
+    model = vitq.load(FIXTURES / name)
+    fam = family_of(model)
+    with torch.no_grad():
+        for tower, want in expected.items():
+            got = (fam.encode_image(model, inputs["pixel_values"]) if tower == "image"
+                   else fam.encode_text(model, inputs["input_ids"], inputs["attention_mask"]))
+            assert torch.equal(got, want), tower
+
+
+def test_folder_from_a_newer_format_names_the_version(tmp_path):
+    import shutil
+
+    shutil.copytree(FIXTURES / "clip_minmax_w8a8", tmp_path / "m")
+    cfg_path = tmp_path / "m" / "vitq_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(format_version=99, vitq_version="9.0")
+    cfg_path.write_text(json.dumps(cfg))
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    from vitq.io_utils import file_sha256
+
+    manifest["sha256"]["vitq_config.json"] = file_sha256(cfg_path)
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="(?s)v99 by vitq 9.0.*upgrade vitq to 9.0"):
+        vitq.load(tmp_path / "m")

@@ -3,7 +3,6 @@ and atomic, two processes average to one, the distillation losses."""
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -76,50 +75,27 @@ def test_checkpoint_is_safetensors_and_json_and_atomic(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), VITQ_DIST_BACKEND="gloo")
-    torch.set_num_threads(1)
-    model = torch.nn.Linear(8, 2)
-    torch.nn.init.zeros_(model.bias)
-    with torch.no_grad():
-        model.weight.copy_(torch.arange(16.0).reshape(2, 8) / 16)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def step(idx, ctx):
-        return torch.nn.functional.cross_entropy(model(X[idx]), Y[idx])
-
-    train(model, opt, len(X), step, TrainConfig(epochs=2, batch_size=16, progress=False, grad_clip=None))
-    if rank == 0:
-        torch.save(model.state_dict(), out)
-    torch.distributed.destroy_process_group()
-
-
 def test_two_processes_train_like_one(tmp_path):
-    """Each process takes half of every batch; averaged gradients give the one-process weights."""
+    """Under torchrun each process takes half of every batch; averaged gradients give the
+    one-process weights. Launched as a fresh torchrun job, as users run it."""
+    import subprocess
+    import sys
+
+    from ddp_train_worker import main as train_once
+
+    worker = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
+    env = dict(os.environ, VITQ_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
     out = tmp_path / "ddp.pt"
-    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker, str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     single = tmp_path / "single.pt"
-    _worker_single(single)
+    train_once(str(single))
     a, b = torch.load(out, weights_only=True), torch.load(single, weights_only=True)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-
-
-def _worker_single(out):
-    model = torch.nn.Linear(8, 2)
-    torch.nn.init.zeros_(model.bias)
-    with torch.no_grad():
-        model.weight.copy_(torch.arange(16.0).reshape(2, 8) / 16)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train(model, opt, len(X), lambda idx, ctx: torch.nn.functional.cross_entropy(model(X[idx]), Y[idx]),
-          TrainConfig(epochs=2, batch_size=16, progress=False, grad_clip=None))
-    torch.save(model.state_dict(), out)
 
 
 def test_distillation_losses():

@@ -11,6 +11,7 @@ from torch import nn
 from .config import QuantConfig
 from .methods import get_method
 from .nn import summarize_points
+from .tensors import dtype_of
 
 
 def load(folder, runtime: str | None = None) -> nn.Module:
@@ -27,13 +28,17 @@ def load(folder, runtime: str | None = None) -> nn.Module:
     return load_saved(folder)
 
 
-def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *, progress: bool = True, **kwargs) -> nn.Module:
-    """Return a quantized copy of ``model`` (the original is left untouched).
+def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *, progress: bool = True,
+             device: str | torch.device | None = None, inplace: bool = False, **kwargs) -> nn.Module:
+    """Return a quantized copy of ``model`` (the original is left untouched, unless ``inplace``).
 
     ``config`` is a :class:`QuantConfig` (or give its fields as keyword arguments);
     ``calib`` is calibration data: tensors of pixel values, dicts of model inputs, or
-    ``(images, labels)`` batches from a DataLoader. The result carries its QuantState
-    (see :func:`vitq.nn.quant_state`) and a ``vitq_info`` dict describing how it was made.
+    ``(images, labels)`` batches from a DataLoader; they are moved to the model's device and
+    dtype batch by batch. ``device`` moves the model there first (``"cuda"``: calibrate a large
+    model on a GPU). ``inplace=True`` quantizes ``model`` itself instead of a copy, which saves the
+    memory of a second model. The result carries its QuantState (see :func:`vitq.nn.quant_state`)
+    and a ``vitq_info`` dict describing how it was made.
     """
     if config is None:
         config = QuantConfig(**kwargs)
@@ -43,14 +48,18 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *,
 
     method = get_method(config.method)
     torch.manual_seed(config.seed)
-    qmodel = copy.deepcopy(unwrap(model)).eval()  # a torch.compile wrapper: quantize the module behind it
+    base = unwrap(model)  # a torch.compile wrapper: quantize the module behind it
+    qmodel = (base if inplace else copy.deepcopy(base)).eval()
+    if device is not None:
+        qmodel.to(device)
     start = time.perf_counter()
-    qmodel, summary = method.run(qmodel, calib, config, progress=progress)
+    qmodel, result = method.run(qmodel, calib, config, progress=progress)
     qmodel.vitq_info = {
         "method": config.method,
         "config": config.to_dict(),
-        **summary,
+        **result.to_dict(),
         "calibration_seconds": round(time.perf_counter() - start, 3),
+        "model_dtype": str(dtype_of(qmodel)).removeprefix("torch."),
         "quantized": summarize_points(qmodel),
     }
     return qmodel

@@ -45,7 +45,8 @@ def _packed_weights(model: nn.Module) -> dict[str, dict]:
             if wq.kind != "uniform" or not wq.calibrated:
                 continue
             qmin, _ = int_range(wq.bits, wq.symmetric)
-            out[f"{name}.weight"] = {"bits": wq.bits, "qmin": qmin, "shape": list(m.weight.shape), "quantizer": f"{name}.weight_quantizer"}
+            out[f"{name}.weight"] = {"bits": wq.bits, "qmin": qmin, "shape": list(m.weight.shape), "quantizer": f"{name}.weight_quantizer",
+                                     "dtype": str(m.weight.dtype).removeprefix("torch.")}
     return out
 
 
@@ -175,14 +176,29 @@ def _add_folded_biases(model: nn.Module, tensors: dict) -> None:
                 owner.bias = nn.Parameter(torch.zeros_like(tensors[key]))
 
 
-def load_any(spec: str | Path) -> nn.Module:
+def _restore_dtypes(model: nn.Module, tensors: dict) -> None:
+    """A model calibrated in bf16 keeps its layers in bf16 (its quantizer scales stay float32):
+    each tensor takes the dtype it was saved in, which load_state_dict would cast away."""
+    for key, t in tensors.items():
+        owner, _, leaf = key.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        current = getattr(module, leaf, None)
+        if isinstance(current, torch.Tensor) and current.is_floating_point() and current.dtype != t.dtype:
+            current.data = current.data.to(t.dtype)
+
+
+def load_any(spec: str | Path, dtype: str | None = None) -> nn.Module:
     """A model from any spec the CLI takes: a vitq quantized folder (:func:`load`), or a float model
-    (``zoo:NAME``, a local HF folder, a state dict, a hub id: :func:`vitq.models.loading.load_model`)."""
-    from .models.loading import load_model
+    (``zoo:NAME``, a local HF folder, a state dict, a hub id: :func:`vitq.models.loading.load_model`)
+    in ``dtype`` (float32 by default)."""
+    from .models.loading import load_model, model_dtype
 
     if is_saved_folder(spec):
+        if dtype is not None and model_dtype(dtype) != torch.float32:
+            raise ModelError(f"{spec} is a quantized folder; --dtype applies to float models only",
+                             hint="drop --dtype: a quantized model loads in the dtype it was calibrated in")
         return load(spec)
-    return load_model(str(spec))
+    return load_model(str(spec), dtype=dtype)
 
 
 def load(folder: str | Path) -> nn.Module:
@@ -197,7 +213,9 @@ def load(folder: str | Path) -> nn.Module:
         raise ModelError(f"{folder} is not a vitq quantized-model folder (no vitq_config.json)", hint="pass a folder written by `vitq quantize` or vitq.save")
     meta = verify_folder(folder)
     if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(f"{folder} was written in an unknown format {meta.get('format')} v{meta.get('format_version')}", hint="upgrade vitq")
+        raise ModelError(f"{folder} was written in format {meta.get('format')} v{meta.get('format_version')} by vitq "
+                         f"{meta.get('vitq_version', '(unknown version)')}; this vitq {__version__} reads {FORMAT} up to v{FORMAT_VERSION}",
+                         hint=f"upgrade vitq to {meta.get('vitq_version', 'the version that wrote it')} or later")
     cls_name = meta["model_class"]
     cls = transformers_class(cls_name)
     if cls is None:
@@ -217,7 +235,7 @@ def load(folder: str | Path) -> nn.Module:
         codes = unpack_codes(tensors.pop(key + ".codes"), packed["bits"], packed["qmin"], packed["shape"])
         wq = model.get_submodule(packed["quantizer"]).quantizer
         wq.set_params(tensors[packed["quantizer"] + ".quantizer.scale"], tensors[packed["quantizer"] + ".quantizer.zero_point"])
-        tensors[key] = wq.dequantize(codes)
+        tensors[key] = wq.dequantize(codes).to(getattr(torch, packed.get("dtype", "float32")))
     dynamic = {name: (tensors.pop(f"{name}.weight.int8"), tensors.pop(f"{name}.weight.int8_scale"))
                for name in meta.get("dynamic_weights", [])}
     for name, (codes, scale) in dynamic.items():
@@ -231,6 +249,7 @@ def load(folder: str | Path) -> nn.Module:
             tensors[f"{name}.bias"] = paper[name]["bias"]
     _add_folded_biases(model, tensors)
     model.load_state_dict(tensors, strict=True)
+    _restore_dtypes(model, tensors)
     if paper:
         from .methods.dynamic import apply_paper_dynamic, restore_paper_dynamic
 

@@ -158,6 +158,14 @@ class Stream:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
+def on_device_of(module: nn.Module, item):
+    """A recorded item (kept on the CPU) moved to where ``module`` runs."""
+    from ..tensors import device_of, to_device
+
+    device = device_of(module)
+    return item if device.type == "cpu" else to_device(item, device)
+
+
 @torch.no_grad()
 def run_until(run: Callable, batch, hooks: list) -> None:
     """``run(batch)`` with the given hook handles removed afterwards; a StopForward ends it quietly."""
@@ -191,8 +199,10 @@ def capture_inputs(model: nn.Module, module: nn.Module, batches: Iterable, run: 
 
 
 def replay(module: nn.Module, stream: Stream) -> Iterator:
-    """``module(*args, **kwargs)`` for every recorded input (a StopForward ends one call quietly)."""
+    """``module(*args, **kwargs)`` for every recorded input, moved to the module's device (a
+    StopForward ends one call quietly)."""
     for args, kwargs in stream:
+        args, kwargs = on_device_of(module, (args, kwargs))
         try:
             yield module(*args, **kwargs)
         except StopForward:

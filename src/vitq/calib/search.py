@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .recorder import Stream
+from .recorder import Stream, on_device_of
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -94,8 +94,10 @@ class OutputSearch:
         if apply is not None:
             apply()
         total = 0.0
-        for (args, kwargs), target in zip(self.inputs, self.targets):
-            total += float(self.objective(self.output(self.layer(*args, **kwargs)), target))
+        for item, target in zip(self.inputs, self.targets):
+            args, kwargs = on_device_of(self.layer, item)
+            out = self.output(self.layer(*args, **kwargs))
+            total += float(self.objective(out, target.to(out.device)))
         return total
 
     def grid(self, candidates: Iterable, apply: Callable[[object], None]) -> tuple[object, float]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..memory import release_free_memory
 from ..nn import TensorQuantizer, calibrate_weights, finish_calibration, quantizers, set_mode
-from .recorder import Stream, StopForward, capture_inputs, run_until
+from .recorder import Stream, StopForward, capture_inputs, on_device_of, run_until
 
 
 def _activation_points(model: nn.Module) -> dict[str, TensorQuantizer]:
@@ -68,6 +68,11 @@ def _observe(point: TensorQuantizer, items: Iterable, call: Callable) -> None:
     point.set_mode("quant")
 
 
+def _call(block: nn.Module, item):
+    args, kwargs = on_device_of(block, item)
+    return block(*args, **kwargs)
+
+
 def _owner(name: str, blocks: list[str]) -> str | None:
     inside = [b for b in blocks if name.startswith(b + ".")]
     return max(inside, key=len) if inside else None
@@ -101,7 +106,7 @@ def calibrate_sequential(model: nn.Module, batches: Iterable, runs: dict[str, Ca
                 block = model.get_submodule(block_name)
                 with capture_inputs(model, block, cached, run, cap_mb) as inputs:
                     for name in group:
-                        _observe(model.get_submodule(name), inputs, lambda item: block(*item[0], **item[1]))
+                        _observe(model.get_submodule(name), inputs, lambda item: _call(block, item))
                         bar.update(1)
                         release_free_memory()
                 i += len(group)

@@ -36,6 +36,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--label-map", default="auto", choices=("auto", "names", "index"),
                    help="top1: match data classes to model labels by name or by index (default: names when they all match)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them instead of stopping")
+    p.add_argument("--device", help="evaluate on this device, e.g. cuda (default: cpu)")
+    p.add_argument("--dtype", help="load a float model in this dtype (float32 default, or bfloat16); quantized folders keep theirs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding images")
     p.add_argument("--cache-dir", help="keep class text embeddings here between runs")
@@ -48,10 +50,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def load(spec: str):
+def load(spec: str, device: str | None = None, dtype: str | None = None):
     from ..saving import load_any
 
-    return load_any(spec)
+    model = load_any(spec, dtype=dtype)
+    return model if device is None else model.to(device)
 
 
 def run(args) -> int:
@@ -69,8 +72,8 @@ def run(args) -> int:
     if args.task == "fidelity" and plot is None and args.json:
         plot = str(Path(args.json).with_suffix("")) + "_similarity.png"
     result = evaluate(
-        load(args.model), args.task, args.data,
-        reference=load(args.reference) if args.reference else None,
+        load(args.model, args.device, args.dtype), args.task, args.data,
+        reference=load(args.reference, args.device, args.dtype) if args.reference else None,
         batch_size=args.batch_size, limit=args.limit, train_limit=args.train_limit, seed=args.seed,
         skip_bad=args.skip_bad, templates=args.templates, tokenizer=args.tokenizer, train_data=args.train_data,
         num_workers=args.workers, cache_dir=args.cache_dir, plot=plot, progress=not args.quiet,

@@ -41,8 +41,9 @@ def run(args) -> int:
         print(json.dumps(points, indent=2))
         return 0
     info = meta["info"]
-    print(f"{meta['model_class']} quantized with {info['method']} at {info['config']['bits']} "
-          f"(components: {', '.join(info['components'])}; {len(points)} quantization points)")
+    dtype = info.get("model_dtype", "float32")
+    print(f"{meta['model_class']} quantized with {info['method']} at {info['config']['bits']}"
+          f"{'' if dtype == 'float32' else ' in ' + dtype} (components: {', '.join(info['components'])}; {len(points)} quantization points)")
     print(format_table(points))
     quantized = info.get("quantized") or {}
     if quantized:

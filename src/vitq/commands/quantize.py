@@ -27,6 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--preprocess", choices=("processor", "clip", "imagenet", "inception"),
                    help="image normalisation when the model has no saved image processor (see vitq eval --help)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable calibration images instead of stopping")
+    p.add_argument("--device", help="calibrate on this device, e.g. cuda or cuda:1 (default: cpu); the saved model loads on the CPU")
+    p.add_argument("--dtype", default="float32", help="load the float model in this dtype: float32 (default) or bfloat16, where the method allows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -70,7 +72,8 @@ def list_methods() -> str:
     for info in method_infos():
         aliases = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
         calib = "" if info.needs_calibration else "; needs no calibration data"
-        lines.append(f"{info.name}{aliases}: {info.summary.rstrip('.')}{calib}")
+        dtypes = f"; model dtype {' or '.join(info.dtypes)}"
+        lines.append(f"{info.name}{aliases}: {info.summary.rstrip('.')}{calib}{dtypes}")
         for name, default, text in info.options.describe():
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default).lower() if isinstance(default, bool) else default
             lines.append(f"    --option {name}={shown}" + (f"    {text}" if text else ""))
@@ -109,7 +112,13 @@ def run(args) -> int:
         raise ConfigError(f"the {cfg.method} method takes no calibration data, but --calib was given",
                           hint=f"drop --calib, or choose a calibrated method (see --list-methods)")
     check_output_dir(args.out, args.overwrite)
-    model = load_model(args.model)
+    from ..models.loading import model_dtype
+
+    dtype = str(model_dtype(args.dtype)).removeprefix("torch.")
+    if dtype not in method.dtypes:
+        raise ConfigError(f"the {method.name} method needs a model in {' or '.join(method.dtypes)}, not {dtype}",
+                          hint="drop --dtype (float32 is the default), or choose another method")
+    model = load_model(args.model, dtype=dtype)
     comps = resolve_components(family_of(model), cfg.components)
     if method.needs_calibration:
         quantizable_blocks(model, comps)  # an architecture vitq cannot quantize fails before any data is read
@@ -123,7 +132,8 @@ def run(args) -> int:
     if needs_calib:
         batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model, preprocess=args.preprocess),
                                       tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad)
-    qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet)
+    # the CLI's float model is its own: quantize it in place (no second copy in memory)
+    qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet, device=args.device, inplace=True)
     save(qmodel, args.out, overwrite=args.overwrite)
     info = qmodel.vitq_info
     print(f"quantized {args.model} with {cfg.method} at {cfg.bits} ({', '.join(comps)}) "

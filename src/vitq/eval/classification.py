@@ -16,7 +16,7 @@ from ..data.imagefolder import ClassInfo
 from ..data.preprocess import image_transform
 from ..errors import ConfigError, DataError
 from .datasets import open_images
-from .features import as_tensor, device_of, run_images
+from .features import as_tensor, run_images
 from .metrics import topk_accuracy
 from .options import EvalOptions
 
@@ -85,7 +85,7 @@ def label_mapping(classes: list[ClassInfo], config, mode: str = "auto") -> tuple
 def top1(model, data, opts: EvalOptions, reference=None) -> dict:
     dataset = open_images(data, opts.transform or image_transform(model, preprocess=opts.preprocess), opts.limit, opts.seed, opts.skip_bad)
     mapping, rule = label_mapping(dataset.classes, model.config, opts.label_map)
-    images = run_images(dataset, lambda x: as_tensor(model(pixel_values=x)), device_of(model), opts.batch_size,
+    images = run_images(dataset, lambda x: as_tensor(model(pixel_values=x)), model, opts.batch_size,
                         opts.num_workers, desc="top-1", progress=opts.progress, checkpoint=opts.checkpointer())
     targets = torch.tensor(mapping)[images.targets]
     return {

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..data.imagefolder import collate_skip_bad
 from ..errors import DataError, ModelError
 from ..memory import release_free_memory
+from ..tensors import device_of, dtype_of  # noqa: F401  (the evaluators import device_of from here)
 from . import distributed
 
 
@@ -37,10 +38,6 @@ def is_dual_encoder(model) -> bool:
     return callable(getattr(model, "get_image_features", None)) and callable(getattr(model, "get_text_features", None))
 
 
-def device_of(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def image_embeddings(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -146,6 +143,10 @@ def run_images(dataset, fn: Callable, device, batch_size: int = 32, num_workers:
     With a :class:`~vitq.eval.checkpoint.Checkpoint`, finished batches are saved as it goes and a
     resumed run computes only the rest.
     """
+    # ``device`` is where the images go; a model there gives its device and floating dtype (bf16 models).
+    dtype = None
+    if isinstance(device, torch.nn.Module):
+        device, dtype = device_of(device), dtype_of(device)
     mine = distributed.my_batches(len(dataset), batch_size)
     rank = distributed.rank_and_world()[0]
     signature = {"desc": desc, "images": len(dataset), "batch_size": batch_size}
@@ -165,7 +166,7 @@ def run_images(dataset, fn: Callable, device, batch_size: int = 32, num_workers:
                 local.append((number, (None, None, skipped)))
             else:
                 x, y = batch
-                local.append((number, (_as_tuple(fn(x.to(device))), torch.as_tensor(y), skipped)))
+                local.append((number, (_as_tuple(fn(x.to(device=device, dtype=dtype))), torch.as_tensor(y), skipped)))
             bar.update(len(idx))
             release_free_memory()
             if checkpoint and step % checkpoint.every == 0:

@@ -19,7 +19,7 @@ from ..io_utils import atomic_write_bytes
 from . import distributed
 from .classification import label_mapping
 from .datasets import is_caption_source, open_captions, open_images
-from .features import as_tensor, device_of, image_embeddings, is_dual_encoder, run_images
+from .features import as_tensor, image_embeddings, is_dual_encoder, run_images
 from .metrics import agreement, cosine_stats, normalize, retrieval_recall, topk_accuracy
 from .options import EvalOptions
 from .retrieval import encode_captions, kept_captions
@@ -55,7 +55,7 @@ def _dual_on_classes(model, reference, data, transform, opts: EvalOptions) -> di
     for m in (model, reference):
         weights.append(class_embeddings(m, resolve_tokenizer(m, opts.tokenizer), dataset.class_names, templates,
                                         opts.text_batch_size, opts.cache_dir, opts.progress))
-    images = run_images(dataset, _pair(image_embeddings, model, reference), device_of(model), opts.batch_size,
+    images = run_images(dataset, _pair(image_embeddings, model, reference), model, opts.batch_size,
                         opts.num_workers, desc="fidelity", progress=opts.progress, checkpoint=opts.checkpointer())
     emb_q, emb_r = images.outputs
     scores_q, scores_r = normalize(emb_q) @ weights[0].T, normalize(emb_r) @ weights[1].T
@@ -77,7 +77,7 @@ def _dual_on_classes(model, reference, data, transform, opts: EvalOptions) -> di
 
 def _dual_on_captions(model, reference, data, transform, opts: EvalOptions) -> dict:
     dataset = open_captions(data, transform, opts.limit, opts.seed, opts.skip_bad)
-    images = run_images(dataset, _pair(image_embeddings, model, reference), device_of(model), opts.batch_size,
+    images = run_images(dataset, _pair(image_embeddings, model, reference), model, opts.batch_size,
                         opts.num_workers, desc="fidelity", progress=opts.progress, checkpoint=opts.checkpointer())
     texts, owner = kept_captions(dataset, images.targets)
     txt = [encode_captions(m, resolve_tokenizer(m, opts.tokenizer), texts, opts, desc=f"captions ({who})")
@@ -100,7 +100,7 @@ def _dual_on_captions(model, reference, data, transform, opts: EvalOptions) -> d
 def _classifier(model, reference, data, transform, opts: EvalOptions) -> dict:
     dataset = open_images(data, transform, opts.limit, opts.seed, opts.skip_bad)
     logits = lambda m, x: as_tensor(m(pixel_values=x))  # noqa: E731
-    images = run_images(dataset, _pair(logits, model, reference), device_of(model), opts.batch_size,
+    images = run_images(dataset, _pair(logits, model, reference), model, opts.batch_size,
                         opts.num_workers, desc="fidelity", progress=opts.progress, checkpoint=opts.checkpointer())
     out_q, out_r = images.outputs
     metrics = {**cosine_stats(out_q, out_r), "agreement": agreement(out_q, out_r)}

@@ -16,7 +16,7 @@ from ..data.preprocess import image_transform
 from ..errors import ConfigError, DataError
 from . import distributed
 from .datasets import describe, open_images
-from .features import device_of, image_embeddings, is_dual_encoder, logits_and_features, run_images
+from .features import image_embeddings, is_dual_encoder, logits_and_features, run_images
 from .options import EvalOptions
 
 DEFAULT_C_VALUES = tuple(10.0 ** e for e in range(-4, 5))  # 1e-4 … 1e4
@@ -77,7 +77,7 @@ def linear_probe(model, data, opts: EvalOptions, reference=None) -> dict:
         raise DataError(f"{len(unseen)} test classes have no training images: {', '.join(unseen[:5])}",
                         hint="use training and test data with the same class folders")
     to_train_label = torch.tensor([train_index[c.folder] for c in test.classes])
-    fn, device = frozen_features(model), device_of(model)
+    fn, device = frozen_features(model), model
     tr = run_images(train, fn, device, opts.batch_size, opts.num_workers, desc="probe train", progress=opts.progress, checkpoint=opts.checkpointer())
     te = run_images(test, fn, device, opts.batch_size, opts.num_workers, desc="probe test", progress=opts.progress, checkpoint=opts.checkpointer())
     fitted = None

@@ -6,7 +6,7 @@ import torch
 
 from ..data.preprocess import image_transform
 from .datasets import open_captions
-from .features import device_of, image_embeddings, run_images, run_texts, text_embeddings, text_max_length
+from .features import image_embeddings, run_images, run_texts, text_embeddings, text_max_length
 from .metrics import normalize, retrieval_recall
 from .options import EvalOptions
 from .text import resolve_tokenizer
@@ -33,7 +33,7 @@ def retrieval(model, data, opts: EvalOptions, reference=None) -> dict:
     require_dual_encoder(model, "image-text retrieval")
     tokenizer = resolve_tokenizer(model, opts.tokenizer)
     dataset = open_captions(data, opts.transform or image_transform(model, preprocess=opts.preprocess), opts.limit, opts.seed, opts.skip_bad)
-    images = run_images(dataset, lambda x: image_embeddings(model, x), device_of(model), opts.batch_size,
+    images = run_images(dataset, lambda x: image_embeddings(model, x), model, opts.batch_size,
                         opts.num_workers, desc="retrieval images", progress=opts.progress, checkpoint=opts.checkpointer())
     texts, owner = kept_captions(dataset, images.targets)
     similarity = normalize(images.outputs[0]) @ normalize(encode_captions(model, tokenizer, texts, opts)).T

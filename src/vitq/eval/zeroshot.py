@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..data.preprocess import image_transform
 from ..errors import ModelError
 from .datasets import open_images
-from .features import device_of, image_embeddings, is_dual_encoder, run_images
+from .features import image_embeddings, is_dual_encoder, run_images
 from .metrics import normalize, topk_accuracy
 from .options import EvalOptions
 from .templates import resolve_templates
@@ -27,7 +27,7 @@ def zero_shot(model, data, opts: EvalOptions, reference=None) -> dict:
     dataset = open_images(data, opts.transform or image_transform(model, preprocess=opts.preprocess), opts.limit, opts.seed, opts.skip_bad)
     weights = class_embeddings(model, tokenizer, dataset.class_names, templates, opts.text_batch_size,
                                opts.cache_dir, opts.progress)
-    device = device_of(model)
+    device = model  # run_images takes its device and dtype
     images = run_images(dataset, lambda x: image_embeddings(model, x), device, opts.batch_size, opts.num_workers,
                         desc="zero-shot", progress=opts.progress, checkpoint=opts.checkpointer())
     metrics = topk_accuracy(normalize(images.outputs[0]) @ weights.T, images.targets)

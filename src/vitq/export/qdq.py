@@ -130,7 +130,7 @@ def export_point(tq: TensorQuantizer, weight_codes_exact: bool = False) -> nn.Mo
 
 def to_export_mode(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose quantization points are exportable (the original is untouched)."""
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).float().eval()  # graphs run in float32, whatever the model was calibrated in
     exact: set[int] = set()  # weight points whose layer now stores vitq's fake-quantized weight
     with torch.no_grad():
         for m in model.modules():

@@ -1,4 +1,4 @@
-"""Quantization methods: each a function ``(model, calib, config, options) -> (model, summary)`` in a
+"""Quantization methods: each a function ``(model, calib, config, options) -> (model, MethodResult)`` in a
 registry, with a typed options dataclass and its metadata (:class:`MethodInfo`).
 
 A method module registers itself with :func:`register`; modules are imported on first lookup so
@@ -7,6 +7,7 @@ A method module registers itself with :func:`register`; modules are imported on 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +20,35 @@ _REGISTRY: dict[str, "MethodInfo"] = {}
 _loaded = False
 
 
+@dataclass
+class MethodResult:
+    """What a method reports about the model it quantized (it becomes ``model.vitq_info``).
+
+    ``details`` holds the method's own record under its name (``{"repq": {...}}``).
+    """
+
+    family: str
+    components: list[str]
+    calibration: str | None = None  # "parallel" or "sequential"; None for methods without data
+    scope: str | None = None  # "vitq" or "fqvit" for the baselines
+    float_attention: list[str] = field(default_factory=list)  # blocks whose attention matmuls stay float
+    details: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_prepare(cls, summary: dict, **fields) -> "MethodResult":
+        return cls(family=summary["family"], components=list(summary["components"]),
+                   float_attention=list(summary.get("float_attention", [])), **fields)
+
+    def to_dict(self) -> dict:
+        out = {"family": self.family, "components": list(self.components)}
+        for key in ("calibration", "scope"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.float_attention:
+            out["float_attention"] = list(self.float_attention)
+        return {**out, **self.details}
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """A registered method: its function, options dataclass and what it needs."""
@@ -29,20 +59,38 @@ class MethodInfo:
     needs_calibration: bool = True
     summary: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")  # model dtypes the method calibrates in
+    trains: bool = False  # runs with gradients (learned prompts, adapters, rounding); else under no_grad
 
     def parse_options(self, options) -> MethodOptions:
         return self.options.parse(options, method=self.name)
 
-    def run(self, model, calib, config, progress: bool = True):
-        """Validate ``config.options`` and apply the method; returns ``(model, summary)``."""
-        return self.fn(model, calib, config, self.parse_options(config.options), progress=progress)
+    def run(self, model, calib, config, progress: bool = True) -> tuple:
+        """Validate ``config.options`` and the model's dtype, and apply the method; returns
+        ``(model, MethodResult)``."""
+        import torch
+
+        from ..tensors import dtype_of
+
+        dtype = str(dtype_of(model)).removeprefix("torch.")
+        if dtype not in self.dtypes:
+            raise ConfigError(f"the {self.name} method needs a model in {' or '.join(self.dtypes)}, this one is {dtype}",
+                              hint="load the model in float32 (the default), or choose another method")
+        opts = self.parse_options(config.options)
+        with contextlib.nullcontext() if self.trains else torch.no_grad():
+            model, result = self.fn(model, calib, config, opts, progress=progress)
+        if not isinstance(result, MethodResult):
+            raise TypeError(f"method {self.name} returned {type(result).__name__}, not a MethodResult")
+        return model, result
 
 
-def register(*names: str, options: type = NoOptions, needs_calibration: bool = True, summary: str = ""):
+def register(*names: str, options: type = NoOptions, needs_calibration: bool = True, summary: str = "",
+             dtypes: tuple[str, ...] = ("float32", "bfloat16"), trains: bool = False):
     """Register ``fn`` under ``names`` (the first is its name, the others aliases)."""
 
     def wrap(fn):
-        info = MethodInfo(names[0], fn, options, needs_calibration, summary or (fn.__doc__ or "").strip().split("\n")[0], tuple(names[1:]))
+        info = MethodInfo(names[0], fn, options, needs_calibration, summary or (fn.__doc__ or "").strip().split("\n")[0],
+                          tuple(names[1:]), tuple(dtypes), trains)
         for n in names:
             _REGISTRY[n] = info
         return fn

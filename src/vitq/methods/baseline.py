@@ -15,7 +15,7 @@ from ..config import QuantConfig
 from ..errors import ConfigError
 from ..models.prepare import prepare
 from ..quant.observers import make_observer
-from . import register
+from . import MethodResult, register
 from .common import as_batches, baseline_scheme, calibrate
 from .options import MethodOptions
 
@@ -72,9 +72,7 @@ def _baseline(observer: str):
         scheme = baseline_scheme(cfg, observer, opts)
         summary = prepare(model, scheme, cfg.components, cfg.exclude, cfg.plan)
         calibrate(model, as_batches(calib), summary["components"], progress=progress, sequential=opts.sequential)
-        summary["calibration"] = "sequential" if opts.sequential else "parallel"
-        summary["scope"] = opts.scope
-        return model, summary
+        return model, MethodResult.from_prepare(summary, calibration="sequential" if opts.sequential else "parallel", scope=opts.scope)
 
     run.__name__ = f"{observer}_baseline"
     run.__doc__ = f"P4Q/FQ-ViT baseline with the {observer} activation range estimator."

@@ -31,7 +31,7 @@ from ..config import QuantConfig
 from ..errors import ConfigError
 from ..models.families import component_of, family_of
 from ..models.prepare import resolve_components
-from . import register
+from . import MethodResult, register
 from .options import MethodOptions
 
 
@@ -129,7 +129,7 @@ def compile_components(model: nn.Module, components) -> None:
             target.compile()
 
 
-@register("dynamic", "dq-clip", options=DynamicOptions, needs_calibration=False)
+@register("dynamic", "dq-clip", options=DynamicOptions, needs_calibration=False, dtypes=("float32",))
 def dynamic_int8(model, calib, cfg: QuantConfig, opts: DynamicOptions, progress: bool = True):
     """DQ-CLIP: int8 weights, per-input activation scales at run time, on int8 kernels."""
     if cfg.bit_plan:
@@ -148,9 +148,6 @@ def dynamic_int8(model, calib, cfg: QuantConfig, opts: DynamicOptions, progress:
             backend = "torchao Int8DynamicActivationInt8Weight (per-channel weights, per-token activations)"
     if opts.compile:
         compile_components(model, comps)
-    summary = {
-        "family": family_of(model).name, "components": list(comps),
-        "dynamic": {"variant": opts.variant, "backend": backend, "layers": sorted(names), "count": count},
-    }
-    return model, summary
+    return model, MethodResult(family_of(model).name, list(comps),
+                               details={"dynamic": {"variant": opts.variant, "backend": backend, "layers": sorted(names), "count": count}})
 

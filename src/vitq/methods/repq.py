@@ -38,7 +38,7 @@ from ..config import QuantConfig
 from ..models.prepare import prepare
 from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, TensorQuantizer
 from ..nn.modules import InputAffine
-from . import register
+from . import MethodResult, register
 from .common import as_batches, calibrate, observer_settings
 from .options import MethodOptions
 
@@ -100,12 +100,14 @@ def _layer_wise_params(point: TensorQuantizer):
 
 def _absorb_into_consumer(layer: nn.Module, r1: torch.Tensor, b: torch.Tensor) -> None:
     """The next linear takes X' = X / r1 - b: W·r1 per input channel, bias + (W·r1)·b."""
-    layer.weight.mul_(r1)
-    shift = layer.weight @ b
+    # in float32 whatever the model's dtype, so a bf16 model is rounded once, not at every step
+    weight = layer.weight.float() * r1
+    shift = weight @ b
+    layer.weight.copy_(weight)
     if layer.bias is None:
-        layer.bias = nn.Parameter(shift)
+        layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
     else:
-        layer.bias.add_(shift)
+        layer.bias.copy_(layer.bias.float() + shift)
     if isinstance(layer, QuantLinear):
         layer.calibrate_weight()
 
@@ -126,10 +128,10 @@ def reparameterize_post_ln(model: nn.Module, ln_name: str, consumers: list[str])
     if point is None or point.axis is None or ln.weight is None:
         return
     s_mean, z_mean, r1, b = _layer_wise_params(point)
-    ln.weight.div_(r1)
     if ln.bias is None:
         ln.bias = nn.Parameter(torch.zeros_like(ln.weight))
-    ln.bias.div_(r1).sub_(b)
+    ln.bias.copy_(ln.bias.float() / r1 - b)
+    ln.weight.copy_(ln.weight.float() / r1)
     for name in consumers:
         _absorb_into_consumer(model.get_submodule(name), r1, b)
     ln.output_quantizer = _layer_wise_point(point, s_mean, z_mean)
@@ -144,7 +146,7 @@ def reparameterize_input(model: nn.Module, layer_name: str) -> None:
     layer = model.get_submodule(layer_name)
     point = layer.input_quantizer
     s_mean, z_mean, r1, b = _layer_wise_params(point)
-    affine = InputAffine(r1.numel())
+    affine = InputAffine(r1.numel()).to(r1.device)
     affine.scale.copy_(1.0 / r1)
     affine.shift.copy_(-b)
     layer.input_affine = affine
@@ -184,6 +186,5 @@ def repq_vit(model, calib, cfg: QuantConfig, opts: RepQOptions, progress: bool =
             affines += 1
     if softmax == "reparam":
         reparameterize_softmax(model)
-    summary["repq"] = {"post_ln": post_ln, "softmax": softmax, "input_affines": affines}
-    summary["calibration"] = "sequential" if opts.sequential else "parallel"
-    return model, summary
+    return model, MethodResult.from_prepare(summary, calibration="sequential" if opts.sequential else "parallel",
+                                            details={"repq": {"post_ln": post_ln, "softmax": softmax, "input_affines": affines}})

@@ -265,6 +265,9 @@ class ModelAdapter:
         component's inputs is skipped (None)."""
         if not all(k in batch for k in self.inputs(component)):
             return None
+        from ..tensors import device_of, dtype_of, to_device
+
+        batch = to_device(batch, device_of(model), dtype_of(model))
         extra = {k: batch[k] for k in OPTIONAL_INPUTS.get(component, ()) if k in batch}
         if component == "image":
             return self.encode_image(model, batch["pixel_values"], **extra)

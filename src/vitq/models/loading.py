@@ -82,7 +82,7 @@ def _from_torch_checkpoint(path: Path) -> nn.Module:
             f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]})",
             hint="check that the checkpoint and config.json belong to the same model",
         )
-    return model.float().eval()
+    return model.eval()
 
 
 # A folder written by vitq.save (its quantized weights are stored as codes that from_pretrained
@@ -90,17 +90,39 @@ def _from_torch_checkpoint(path: Path) -> nn.Module:
 VITQ_FOLDER_MARKER = "vitq_config.json"
 
 
-def load_model(spec: str, **from_pretrained_kwargs) -> nn.Module:
-    """Load a float model in float32 eval mode from a spec: ``zoo:NAME``, a local HF folder, a
-    ``.pt``/``.bin`` state dict beside its config.json, or a hub id."""
-    spec = str(spec)
+# Float dtypes a model can be loaded in (bf16 halves the memory of a big model; methods say which they accept).
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def model_dtype(name: str | None):
+    """The torch dtype for a ``--dtype`` name (``None``: float32)."""
+    import torch
+
+    name = "float32" if name is None else str(name).removeprefix("torch.")
+    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name)
+    if name not in MODEL_DTYPES:
+        raise ModelError(f"unknown model dtype {name!r}", hint="choose one of: " + ", ".join(MODEL_DTYPES))
+    return getattr(torch, name)
+
+
+def load_model(spec: str, dtype: str | None = None, **from_pretrained_kwargs) -> nn.Module:
+    """Load a float model in eval mode from a spec: ``zoo:NAME``, a local HF folder, a
+    ``.pt``/``.bin`` state dict beside its config.json, or a hub id; in float32 unless ``dtype``
+    (``"bfloat16"``, ``"float16"``) says otherwise."""
+    target = model_dtype(dtype)
+    # from_pretrained builds the model in the target dtype: a bf16 ViT-L never exists in fp32 here
+    return _load_float(str(spec), dtype=target, **from_pretrained_kwargs).to(target).eval()
+
+
+def _load_float(spec: str, **from_pretrained_kwargs) -> nn.Module:
     if spec.startswith("zoo:"):
         from .. import zoo
 
-        return load_model(str(zoo.path(spec[4:])), **from_pretrained_kwargs)
+        return _load_float(str(zoo.path(spec[4:])), **from_pretrained_kwargs)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() in _TORCH_SUFFIXES:
+            from_pretrained_kwargs.pop("dtype", None)
             return _from_torch_checkpoint(path)
         raise ModelError(
             f"{path} is a {path.suffix or 'suffix-less'} file, not a model vitq can read",
@@ -113,7 +135,7 @@ def load_model(spec: str, **from_pretrained_kwargs) -> nn.Module:
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} has no config.json", hint="pass a folder written by save_pretrained or by vitq save")
         cls = _class_for_folder(path)
-        return cls.from_pretrained(str(path), use_safetensors=True, **from_pretrained_kwargs).float().eval()
+        return cls.from_pretrained(str(path), use_safetensors=True, **from_pretrained_kwargs)
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ModelError(f"model folder {spec} does not exist", hint="check the path")
     return _from_hub(spec, **from_pretrained_kwargs)
@@ -128,7 +150,7 @@ def _from_hub(hub_id: str, **kwargs) -> nn.Module:
         if not classes:
             raise ModelError(f"{hub_id} is a {cfg.model_type} model that names no transformers model class",
                              hint="vitq is tested on: " + ", ".join(SUPPORTED_CLASSES))
-        return classes[0].from_pretrained(hub_id, use_safetensors=True, **kwargs).float().eval()
+        return classes[0].from_pretrained(hub_id, use_safetensors=True, **kwargs)
     except ModelError:
         raise
     except OSError as err:

@@ -14,6 +14,12 @@ from torch import nn
 from .tensor_quantizer import TensorQuantizer
 
 
+
+def _like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` in ``x``'s dtype: scales stay float32, a bf16 layer stays bf16. No cast when they
+    agree (an exported graph must not get a Cast between DequantizeLinear and its MatMul)."""
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
 class InputAffine(nn.Module):
     """``x * scale + shift`` per channel of the last axis, in float, before an input quantizer.
 
@@ -40,7 +46,7 @@ class InputAffine(nn.Module):
         return cls(int(meta["channels"]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+        return _like(x * self.scale + self.shift, x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
@@ -81,13 +87,13 @@ class _WeightedQuantMixin:
         if wq is None or not wq.active:
             return self.weight
         if torch.is_grad_enabled():
-            return wq.quantizer(self.weight)
+            return _like(wq.quantizer(self.weight), self.weight)
         # Inference: weights and scales are fixed, so quantize once and reuse until either changes.
         q = wq.quantizer
         key = (id(self.weight), self.weight._version, id(q.scale), q.scale._version, q.zero_point._version)
         cache = getattr(self, "_weight_cache", None)
         if cache is None or cache[0] != key:
-            cache = (key, q(self.weight))
+            cache = (key, _like(q(self.weight), self.weight))
             self._weight_cache = cache
         return cache[1]
 

@@ -130,4 +130,5 @@ class TensorQuantizer(nn.Module):
         if self.mode == "calib":
             self.observe(x)
             return x
-        return self.quantizer(x)
+        y = self.quantizer(x)  # scales stay float32; a bf16 model gets its dtype back
+        return y if y.dtype == x.dtype else y.to(x.dtype)

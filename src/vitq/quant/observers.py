@@ -147,9 +147,9 @@ class ReservoirSample:
 
     def add(self, rows: torch.Tensor) -> None:
         self.seen += rows.shape[1]
-        keys = torch.rand(rows.shape[1], generator=self.generator)
+        keys = torch.rand(rows.shape[1], generator=self.generator).to(rows.device)  # the CPU generator: same draws on any device
         if self.values is not None:
-            rows, keys = torch.cat([self.values, rows], 1), torch.cat([self.keys, keys])
+            rows, keys = torch.cat([self.values, rows.to(self.values.device)], 1), torch.cat([self.keys, keys.to(self.keys.device)])
         if self.k is not None and rows.shape[1] > self.k:
             # The k smallest keys, in no particular order (the order of a sample does not matter).
             threshold = keys.kthvalue(self.k).values
