@@ -93,14 +93,10 @@ def median_ms_per_image(fn, batch: int, repeats: int = 5, warmup: int = 2) -> fl
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup``, per image, in ms."""
     import statistics
 
+    from vitq.bench import time_runner
+
     with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+        times = time_runner(fn, warmup, repeats)
     return 1000 * statistics.median(times) / batch
 
 
