@@ -209,11 +209,13 @@ def replay(module: nn.Module, stream: Stream) -> Iterator:
             yield None
 
 
-def _first_tensor(out):
+def first_tensor(out):
+    """The tensor a module's output stands for: itself, the first of a tuple, or a model output's
+    ``last_hidden_state``."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out:
-        return _first_tensor(out[0])
+        return first_tensor(out[0])
     value = getattr(out, "last_hidden_state", None)
     return value if value is not None else out
 
@@ -237,7 +239,7 @@ def record(model: nn.Module, names: list[str], batches: Iterable, run: Callable,
 
             def post(mod, args, kwargs, output):
                 if "output" in out[name]:
-                    out[name]["output"].append(detach_clone(_first_tensor(output)))
+                    out[name]["output"].append(detach_clone(first_tensor(output)))
                 pending.discard(name)
                 if not pending:
                     raise StopForward

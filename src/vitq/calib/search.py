@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .recorder import Stream, on_device_of
+from .recorder import Stream, first_tensor, on_device_of
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,14 +61,6 @@ def ranking_hinge(quantized: torch.Tensor, reference: torch.Tensor, margin: floa
 OBJECTIVES: dict[str, Objective] = {"mse": mse, "pearson": negative_pearson, "cosine": negative_cosine, "ranking": ranking_hinge}
 
 
-def _first_tensor(out):
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return _first_tensor(out[0])
-    return out[0]
-
-
 class OutputSearch:
     """Score settings of a layer's quantization points by the layer's output on recorded inputs.
 
@@ -78,7 +70,7 @@ class OutputSearch:
     """
 
     def __init__(self, layer: nn.Module, inputs: Stream, targets: Sequence[torch.Tensor] | Stream,
-                 objective: str | Objective = "mse", output: Callable = _first_tensor):
+                 objective: str | Objective = "mse", output: Callable = first_tensor):
         self.layer, self.inputs, self.targets, self.output = layer, inputs, targets, output
         if isinstance(objective, str):
             if objective not in OBJECTIVES:
