@@ -2,7 +2,7 @@
 
 >>> import vitq.zoo
 >>> vitq.zoo.available()
-['clip-tiny', 'deit-tiny']
+['clip-tiny', 'ddpm-tiny', 'deit-tiny']
 >>> model = vitq.zoo.load("deit-tiny")          # float32, eval mode
 >>> processor = vitq.zoo.processor("deit-tiny")  # 64x64, the training normalisation
 
@@ -17,13 +17,15 @@ from ..errors import ModelError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
-# name -> (transformers class name, whether it has a tokenizer)
+# name -> (transformers or diffusers class name, whether it has a tokenizer)
 _MODELS = {
     "clip-tiny": ("VisionTextDualEncoderModel", True),
+    "ddpm-tiny": ("UNet2DModel", False),
     "deit-tiny": ("ViTForImageClassification", False),
 }
+_DIFFUSERS = ("ddpm-tiny",)
 
-__all__ = ["available", "path", "load", "processor", "tokenizer"]
+__all__ = ["available", "path", "load", "processor", "tokenizer", "scheduler"]
 
 
 def available() -> list[str]:
@@ -54,11 +56,35 @@ def load(name: str, attn_implementation: str | None = None):
     import transformers
 
     folder = path(name)
+    if name in _DIFFUSERS:
+        return _diffusers_class(name).from_pretrained(folder, torch_dtype=torch.float32).eval()
     cls = getattr(transformers, _MODELS[name][0])
     kwargs = {"dtype": torch.float32}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     return cls.from_pretrained(folder, **kwargs).eval()
+
+
+def _diffusers_class(name: str):
+    try:
+        import diffusers
+    except ImportError:
+        raise ModelError(f"zoo model {name!r} is a diffusers UNet and diffusers is not installed",
+                         hint='pip install "vitq[diffusion]"') from None
+    return getattr(diffusers, _MODELS[name][0])
+
+
+def scheduler(name: str, kind: str = "ddim"):
+    """The noise scheduler a diffusion model was trained with, as a DDIM (default) or DDPM sampler."""
+    if name not in _DIFFUSERS:
+        raise ModelError(f"zoo model {name!r} is not a diffusion model", hint=f"diffusion models: {', '.join(_DIFFUSERS)}")
+    _diffusers_class(name)
+    import diffusers
+
+    classes = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}
+    if kind not in classes:
+        raise ModelError(f"unknown scheduler {kind!r}", hint="use ddim or ddpm")
+    return classes[kind].from_pretrained(path(name))
 
 
 def processor(name: str):
