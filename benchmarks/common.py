@@ -132,3 +132,17 @@ def finish(args, payload: dict) -> None:
     if args.json:
         write_json(Path(args.json), payload)
         print(f"\nwrote {args.json}")
+
+
+def quantize_timed(model, method: str, bits: str, components, args, **options):
+    """``vitq.quantize`` with the benchmark's seed and calibration size; returns (model, seconds)."""
+    cfg = vitq.QuantConfig(method=method, bits=bits, components=components, seed=args.seed,
+                           num_calib=getattr(args, "num_calib", 32), options=options)
+    return timed(lambda: vitq.quantize(model, cfg, calib=args.calib_data, progress=not getattr(args, "quiet", False)))
+
+
+def accuracy_table(rows: list[dict], leading: list[tuple[str, str]], trailing: list[tuple[str, str]]) -> str:
+    """Rows with ``<dataset>_top1`` and ``<dataset>_n`` keys as a table, each top-1 with its standard error."""
+    datasets = [k[:-5] for k in dict.fromkeys(k for r in rows for k in r if k.endswith("_top1"))]
+    shown = [dict(r, **{f"{d}_top1": pct_se(r[f"{d}_top1"], r[f"{d}_n"]) for d in datasets if f"{d}_top1" in r}) for r in rows]
+    return markdown(shown, leading + [(f"{d}_top1", f"{d} top-1") for d in datasets] + trailing)

@@ -186,3 +186,26 @@ def test_os_errors_are_named_without_traceback(monkeypatch, capsys):
     assert main(["info", "anything"]) == 1
     err = capsys.readouterr().err
     assert "/out/model.safetensors" in err and "No space left" in err and "Traceback" not in err
+
+
+@needs_data("cifar10")
+def test_recon_checkpoints_resumes_and_reports(clip_folder, calib_dir, tmp_path, capsys):
+    common = ["quantize", "--model", clip_folder, "--method", "recon", "--bits", "W4A4", "--calib", calib_dir,
+              "--num-calib", 16, "--batch-size", 8, "--components", "image", "--quiet", "--option", "iters=4"]
+    ckpt = tmp_path / "ckpt"
+    # an interrupted run leaves its checkpoints; --resume finishes it as an uninterrupted run would
+    assert run_cli(*common, "--out", tmp_path / "part", "--checkpoint-dir", ckpt, "--option", "stop_after=2") == 0
+    assert (ckpt / "last" / "state.json").is_file()
+    assert run_cli(*common, "--out", tmp_path / "resumed", "--checkpoint-dir", ckpt, "--resume") == 0
+    assert run_cli(*common, "--out", tmp_path / "full") == 0
+    assert not (tmp_path / "full.checkpoints").exists()  # default checkpoints are removed once saved
+    a, b = vitq.load(tmp_path / "resumed"), vitq.load(tmp_path / "full")
+    assert a.vitq_info["recon"]["resumed"] == 2
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    capsys.readouterr()
+    assert run_cli("info", tmp_path / "full") == 0
+    text = capsys.readouterr().out
+    assert "block reconstruction after repq-vit: 4 steps per block" in text and "vision_model.encoder.layers.1: rounding of" in text
+    assert run_cli("quantize", "--model", clip_folder, "--calib", calib_dir, "--out", tmp_path / "x", "--resume", "--quiet") == 2
+    assert "writes no checkpoints" in capsys.readouterr().err

@@ -46,16 +46,20 @@ def negative_cosine(quantized: torch.Tensor, reference: torch.Tensor) -> torch.T
 
 def ranking_hinge(quantized: torch.Tensor, reference: torch.Tensor, margin: float = 0.0, pairs: int = 1024,
                   seed: int = 0) -> torch.Tensor:
-    """A hinge on the pairwise order of the last axis (attention scores): for sampled pairs (i, j)
-    with reference[i] > reference[j], penalise max(0, margin - (quantized[i] - quantized[j]))."""
-    g = torch.Generator().manual_seed(seed)
+    """A hinge on the pairwise order of the last axis (attention scores): for pairs (i, j) with
+    reference[i] > reference[j], penalise max(0, margin - (quantized[i] - quantized[j])), averaged.
+    Every ordered pair when the axis has at most sqrt(pairs) entries, else ``pairs`` sampled ones."""
     n = reference.shape[-1]
-    i = torch.randint(0, n, (pairs,), generator=g)
-    j = torch.randint(0, n, (pairs,), generator=g)
+    if n * n <= pairs:
+        i, j = torch.arange(n).repeat_interleave(n), torch.arange(n).repeat(n)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        i = torch.randint(0, n, (pairs,), generator=g)
+        j = torch.randint(0, n, (pairs,), generator=g)
     ref = reference.reshape(-1, n).float()
     got = quantized.reshape(-1, n).float()
     sign = torch.sign(ref[:, i] - ref[:, j])
-    return torch.relu(margin - sign * (got[:, i] - got[:, j])).mean()
+    return (torch.relu(margin - sign * (got[:, i] - got[:, j])) * (sign != 0)).mean()
 
 
 OBJECTIVES: dict[str, Objective] = {"mse": mse, "pearson": negative_pearson, "cosine": negative_cosine, "ranking": ranking_hinge}
@@ -65,7 +69,8 @@ class OutputSearch:
     """Score settings of a layer's quantization points by the layer's output on recorded inputs.
 
     ``inputs`` holds the layer's ``(args, kwargs)`` per batch (from :func:`capture_inputs`);
-    ``targets`` the full-precision outputs of the same batches; ``objective`` a name of
+    ``targets`` the full-precision outputs of the same batches (a tuple per batch where the layer
+returns a tuple of outputs: their objectives are summed); ``objective`` a name of
     :data:`OBJECTIVES` or a function ``(quantized, reference) -> loss``.
     """
 
@@ -89,7 +94,10 @@ class OutputSearch:
         for item, target in zip(self.inputs, self.targets):
             args, kwargs = on_device_of(self.layer, item)
             out = self.output(self.layer(*args, **kwargs))
-            total += float(self.objective(out, target.to(out.device)))
+            if isinstance(out, (tuple, list)):  # several outputs (the linears fed by one point): summed
+                total += sum(float(self.objective(o, t.to(o.device))) for o, t in zip(out, target))
+            else:
+                total += float(self.objective(out, target.to(out.device)))
         return total
 
     def grid(self, candidates: Iterable, apply: Callable[[object], None]) -> tuple[object, float]:

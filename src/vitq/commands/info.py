@@ -49,7 +49,19 @@ def run(args) -> int:
     if quantized:
         print("\nquantized tensors by role: " + "; ".join(
             f"{role} x{e['count']} at {'/'.join(map(str, e['bits']))} bits ({', '.join(e['quantizers'])})" for role, e in quantized.items()))
+    recon = info.get("recon")
+    if recon:
+        print(format_recon(recon))
     return 0
+
+
+def format_recon(recon: dict) -> str:
+    """The block-reconstruction record: settings, then each unit's output MSE before and after."""
+    head = (f"\nblock reconstruction after {recon['base']}: {recon['iters']} steps per block, loss {recon['loss']}, "
+            f"drop_prob {recon['drop_prob']}, {recon['schedule']}")
+    rows = [f"  {u['name']}: rounding of {u['weights']} weights, {u['act_scales']} step sizes; "
+            f"output MSE {u['mse_before']:.4g} -> {u['mse_after']:.4g}" for u in recon.get("units", [])]
+    return "\n".join([head, *rows])
 
 
 def _is_folder(path) -> bool:

@@ -34,6 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--list-methods", action="store_true", help="print the known methods with their options and defaults, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint-dir", help="methods that learn (recon): write a checkpoint after every block here "
+                                            "(default: OUT.checkpoints, removed once the model is saved)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints (same settings)")
     return p
 
 
@@ -80,6 +83,20 @@ def list_methods() -> str:
     return "\n".join(lines)
 
 
+def _checkpoint_options(method, cfg: QuantConfig, args) -> str | None:
+    """``--checkpoint-dir``/``--resume`` as the method's options, for methods that checkpoint."""
+    from ..errors import ConfigError
+
+    takes = {name for name, _, _ in method.options.describe()} >= {"checkpoint_dir", "resume"}
+    if not takes:
+        if args.resume or args.checkpoint_dir:
+            raise ConfigError(f"the {method.name} method writes no checkpoints", hint="drop --resume/--checkpoint-dir")
+        return None
+    folder = args.checkpoint_dir or cfg.options.get("checkpoint_dir") or f"{str(args.out).rstrip('/')}.checkpoints"
+    cfg.options = {**cfg.options, "checkpoint_dir": str(folder), "resume": bool(args.resume or cfg.options.get("resume", False))}
+    return str(folder)
+
+
 def run(args) -> int:
     from ..errors import ConfigError
 
@@ -104,6 +121,7 @@ def run(args) -> int:
     from ..methods import get_method
 
     method = get_method(cfg.method)  # fail on an unknown method or option before any slow work
+    checkpoints = _checkpoint_options(method, cfg, args)
     method.parse_options(cfg.options)
     needs_calib = method.needs_calibration
     if needs_calib and not args.calib:
@@ -135,7 +153,15 @@ def run(args) -> int:
     # the CLI's float model is its own: quantize it in place (no second copy in memory)
     qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet, device=args.device, inplace=True)
     save(qmodel, args.out, overwrite=args.overwrite)
+    if checkpoints is not None and not args.checkpoint_dir:
+        import shutil
+
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the model is saved: the default checkpoints are spent
     info = qmodel.vitq_info
     print(f"quantized {args.model} with {cfg.method} at {cfg.bits} ({', '.join(comps)}) "
           f"in {info['calibration_seconds']:.1f}s; saved to {args.out}")
+    recon = info.get("recon") or {}
+    if recon.get("stopped_early"):
+        print(f"stopped early as asked, after {len(recon['units'])} blocks: the saved model is partly reconstructed; "
+              f"run the same command with --resume to finish it (checkpoints in {checkpoints})")
     return 0

@@ -84,10 +84,13 @@ def quantizable_blocks(model: nn.Module, components) -> list[str]:
     return blocks
 
 
-def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclude=(), bit_plan: BitPlan | dict | None = None) -> dict:
+def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclude=(), bit_plan: BitPlan | dict | None = None,
+            share_post_ln: bool = True) -> dict:
     """Insert quantization points in place; returns a summary (family, components, points).
 
-    ``bit_plan`` (a :class:`vitq.config.BitPlan` or its dict) gives chosen layers other bits."""
+    ``bit_plan`` (a :class:`vitq.config.BitPlan` or its dict) gives chosen layers other bits.
+    ``share_post_ln=False`` gives every linear fed by a LayerNorm its own input point (each layer its
+    own interval, as Liu et al. 2021 search them) instead of one point on the LayerNorm's output."""
     plan = bit_plan if isinstance(bit_plan, BitPlan) else BitPlan(bit_plan)
     point = lambda role, layer: make_point(scheme, role, layer, plan)  # noqa: E731
     unknown = set(scheme) - set(ROLES)
@@ -111,7 +114,7 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         ln = modules[ln_name]
         if not isinstance(ln, nn.LayerNorm) or scheme.get("post_ln") is None:
             return
-        if not all(selected(c) for c in consumers) or not selected(ln_name):
+        if not share_post_ln or not all(selected(c) for c in consumers) or not selected(ln_name):
             for c in consumers:  # some consumer stays in float: each quantized consumer takes its own input point
                 input_role[c] = "post_ln"
             return

@@ -98,6 +98,17 @@ class UniformQuantizer(nn.Module):
             self.scale = scale
         self.zero_point = zero_point.detach().float().reshape(-1).clone()
 
+    def set_learnable(self, learnable: bool) -> None:
+        """Make the scale an ``nn.Parameter`` (LSQ-style learning: the straight-through rounding of
+        :func:`fake_quantize` gives it LSQ's gradient) or a fixed buffer again, keeping its value."""
+        value = self.scale.detach().clone()
+        del self.scale
+        if learnable:
+            self.scale = nn.Parameter(value)
+        else:
+            self.register_buffer("scale", value)
+        self.learnable = bool(learnable)
+
     def _require_calibrated(self):
         if not self.calibrated:
             raise RuntimeError(f"{self!r} has no scale yet: calibrate it before quantizing")

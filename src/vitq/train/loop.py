@@ -54,6 +54,7 @@ class TrainConfig:
     keep_epochs: bool = False  # also keep each epoch's weights (epochNNN.safetensors)
     drop_last: bool = True  # drop the ragged last batch
     progress: bool = True
+    desc: str | None = None  # progress-bar label (default "epoch k/n")
 
     def __post_init__(self):
         if self.epochs <= 0 or self.batch_size <= 0:
@@ -131,7 +132,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, num_examples: int,
             on_epoch_start(epoch, g)
         perm = order(num_examples, g) if order is not None else torch.randperm(num_examples, generator=g)
         start, total = time.time(), 0.0
-        bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and is_main()),
+        bar = tqdm(range(per_epoch), desc=config.desc or f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and is_main()),
                    mininterval=10, leave=False)
         for i in bar:
             idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
