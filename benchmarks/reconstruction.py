@@ -5,8 +5,9 @@ calibration alone.
   (:func:`vitq.models.outliers.inject_outlier_channels`); ``zoo:clip-tiny`` image tower and both
   towers (zero-shot CIFAR-10 and Tiny ImageNet); all-MiniLM-L6-v2 alone (caption-to-caption
   retrieval R@1 on the 5,000 Flickr8k captions: the nearest other caption describes the same image).
-- Rows: full precision, minmax, omse, repq-vit, repq-vit + recon (MSE), + recon (Fisher), + QDrop
-  (MSE, drop_prob 0.5); with the calibration wall time.
+- Rows: full precision, minmax, omse, repq-vit, repq-vit + recon (MSE; the default full-precision
+  block inputs), + recon on quantized inputs (BRECQ's, drop_prob 1), + recon (Fisher), + QDrop (MSE,
+  drop_prob 0.5); with the calibration wall time.
 - Bits: W4A4 and W3A3 by default (``--specs W4A4,W3A3,2-4-4``).
 
     python benchmarks/reconstruction.py [--models deit,deit-outlier,clip-image,clip-both,minilm]
@@ -29,6 +30,7 @@ ROWS = {
     "omse": ("omse", {}),
     "repq-vit": ("repq-vit", {}),
     "recon": ("recon", {"loss": "mse"}),
+    "recon-qinput": ("recon", {"loss": "mse", "drop_prob": 1.0}),
     "recon-fisher": ("recon", {"loss": "fisher"}),
     "qdrop": ("recon", {"loss": "mse", "drop_prob": 0.5}),
 }

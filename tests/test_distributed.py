@@ -27,7 +27,11 @@ def test_two_processes_train_like_one(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     single = tmp_path / "single.pt"
-    train_once(str(single))
+    threads = torch.get_num_threads()
+    try:
+        train_once(str(single))  # sets one thread, as each torchrun worker does
+    finally:
+        torch.set_num_threads(threads)  # later tests (export checks) run with the usual threads
     a, b = torch.load(out, weights_only=True), torch.load(single, weights_only=True)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k

@@ -71,7 +71,7 @@ def test_available_and_paths():
 
 
 def test_unknown_name_lists_known_models():
-    with pytest.raises(ModelError, match="clip-tiny, deit-tiny"):
+    with pytest.raises(ModelError, match="clip-tiny, ddpm-tiny, deit-tiny"):
         vitq.zoo.path("vit-huge")
     with pytest.raises(ModelError):
         vitq.zoo.load("nope")

@@ -39,7 +39,7 @@ class ReconOptions(MethodOptions):
     preset: str = "fast"
     iters: Optional[int] = None
     loss: str = "mse"
-    drop_prob: float = 1.0
+    drop_prob: float = 0.0
     round_lr: float = 1e-3
     act_lr: float = 4e-5
     round_weight: float = 0.01
@@ -59,7 +59,8 @@ class ReconOptions(MethodOptions):
         "preset": "fast (the default: fewer steps per block) or paper (BRECQ's 20,000 steps per block)",
         "iters": "optimisation steps per block (overrides the preset)",
         "loss": "mse: output MSE; fisher: MSE weighted by squared task-loss gradients (BRECQ)",
-        "drop_prob": "probability that a block-input element is the quantized one (1: BRECQ; 0.5: QDrop)",
+        "drop_prob": "probability that a block-input element is the quantized one (0: full-precision inputs, the default; "
+                     "0.5: QDrop; 1: BRECQ's quantized inputs)",
         "round_lr": "Adam learning rate of the AdaRound variables",
         "act_lr": "Adam learning rate of the activation step sizes (cosine decay to 0)",
         "round_weight": "weight of the rounding regulariser",
