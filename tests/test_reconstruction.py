@@ -173,7 +173,8 @@ def test_fisher_loss_and_a_dual_encoder_run(models):
 
 def test_task_gradients_are_those_of_the_task_loss():
     from vitq.models.families import component_runner
-    from vitq.train.reconstruction import _points_off, kl_task, unit_gradients
+    from vitq.nn import points_disabled
+    from vitq.train.reconstruction import kl_task, unit_gradients
 
     q = _quantize(_vit(), method="minmax", bits="W4A4")
     block = q.vit.layers[1]
@@ -192,7 +193,7 @@ def test_task_gradients_are_those_of_the_task_loss():
     with torch.enable_grad():
         logits = q(pixel_values=x).logits
     handle.remove()
-    with _points_off(q), torch.no_grad():
+    with points_disabled(q), torch.no_grad():
         fp = q(pixel_values=x).logits
     (expected,) = torch.autograd.grad(kl_task({}, logits, fp), [held["t"]])
     torch.testing.assert_close(g, expected)
@@ -245,3 +246,19 @@ def test_outlier_variant_keeps_the_function_and_creates_outlier_channels():
     assert float(ratio.max()) >= 4 - 1e-4 and float((ratio > 1.5).float().mean()) == pytest.approx(11 / 32)
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=x).logits, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_points_disabled_switches_off_all_but_kept_and_restores():
+    from vitq.nn import points_disabled
+
+    q = _quantize(_vit(), method="minmax")
+    points = [p for _, p in quantizers(q)]
+    points[0].enabled = False  # a point already off stays off afterwards
+    keep = points[1:3]
+    with points_disabled(q, keep=keep):
+        assert [p.enabled for p in points] == [False] + [p in keep for p in points[1:]]
+    assert [p.enabled for p in points] == [False] + [True] * (len(points) - 1)
+    with pytest.raises(RuntimeError), points_disabled(only=points[1:2]):
+        assert not points[1].enabled
+        raise RuntimeError
+    assert points[1].enabled

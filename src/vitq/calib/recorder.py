@@ -258,16 +258,9 @@ def record_side_by_side(model: nn.Module, names: list[str], batches: Iterable, r
                         cap_mb: float = 1024.0, spill_dir=None) -> dict[str, dict[str, dict[str, Stream]]]:
     """:func:`record` twice, full precision (every point off) and quantized (the points as they are):
     ``{name: {"fp": {...}, "quant": {...}}}``. The points' modes are restored afterwards."""
-    from ..nn import quantizers
+    from ..nn import points_disabled
 
-    points = [q for _, q in quantizers(model)]
-    modes = [(q.mode, q.enabled) for q in points]
-    try:
-        for q in points:
-            q.enabled = False
+    with points_disabled(model):
         fp = record(model, names, batches, run, what, cap_mb, spill_dir)
-    finally:
-        for q, (mode, enabled) in zip(points, modes):
-            q.mode, q.enabled = mode, enabled
     quant = record(model, names, batches, run, what, cap_mb, spill_dir)
     return {n: {"fp": fp[n], "quant": quant[n]} for n in names}

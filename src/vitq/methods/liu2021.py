@@ -40,7 +40,7 @@ from ..config import QuantConfig
 from ..errors import ConfigError
 from ..models.families import blocks_of, component_runner, family_of
 from ..models.prepare import prepare
-from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer, quantizers, set_mode
+from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer, points_disabled, quantizers, set_mode
 from . import MethodResult, register
 from .common import as_batches, calibrate, observer_settings
 from .options import MethodOptions
@@ -201,38 +201,31 @@ def _set_scale(point: TensorQuantizer, scale: float) -> None:
 
 @torch.no_grad()
 def _disabled_outputs(probe: _Probe, inputs: Stream, points: list[TensorQuantizer]) -> Stream:
-    saved = [p.enabled for p in points]
-    try:
-        for p in points:
-            p.enabled = False
-        out = Stream()
+    """The probe's outputs with the searched points off: the full-precision targets."""
+    out = Stream()
+    with points_disabled(only=points):
         for item in inputs:
             args, kwargs = on_device_of(probe, item)
             out.append(tuple(t.detach().cpu() for t in probe(*args, **kwargs)))
-        return out
-    finally:
-        for p, e in zip(points, saved):
-            p.enabled = e
+    return out
 
 
 @torch.no_grad()
 def _correct_biases(model: nn.Module, unit: dict, inputs: Stream, targets: Stream) -> None:
     """Subtract each linear's mean output error (quantized minus full precision) from its bias."""
     probe = unit["probe"]
-    sums, count = None, 0
+    layers = [model.get_submodule(n) for n in unit["linears"]]
+    errors: list[list[torch.Tensor]] = [[] for _ in layers]
     for item, target in zip(inputs, targets):
         args, kwargs = on_device_of(probe, item)
-        outs = probe(*args, **kwargs)
-        errs = []
-        for layer_name, out, ref in zip(unit["linears"], outs, target):
-            channel = 1 if isinstance(model.get_submodule(layer_name), QuantConv2d) else -1
+        for k, (layer, out, ref) in enumerate(zip(layers, probe(*args, **kwargs), target)):
+            channel = 1 if isinstance(layer, QuantConv2d) else -1
             diff = (out.float() - ref.to(out.device).float()).movedim(channel, -1)
-            errs.append(diff.reshape(-1, diff.shape[-1]).sum(0))
-        sums = errs if sums is None else [a + b for a, b in zip(sums, errs)]
-        count += outs[0].numel() // outs[0].shape[1 if isinstance(model.get_submodule(unit["linears"][0]), QuantConv2d) else -1]
-    for layer_name, total in zip(unit["linears"], sums or []):
-        layer = model.get_submodule(layer_name)
-        mean = total / count
+            errors[k].append(diff.reshape(-1, diff.shape[-1]))
+    for layer, errs in zip(layers, errors):
+        if not errs:
+            continue
+        mean = torch.cat(errs).mean(0)
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros(mean.numel(), dtype=layer.weight.dtype, device=layer.weight.device))
         layer.bias.sub_(mean.to(layer.bias))
@@ -363,8 +356,10 @@ def _sensitivities(model, calib, cfg: QuantConfig, groups: list[dict], choices, 
             feats = out.float().reshape(-1, *out.shape[-2:]) if out.dim() >= 3 else out.float().unsqueeze(0)
             total += float(torch.linalg.matrix_norm(feats, ord="nuc").sum())
         weight.append(total)
+    from tqdm.auto import tqdm
+
     costs = [dict() for _ in groups]
-    for b in choices:
+    for b in tqdm(choices, desc="liu2021-mp sensitivities", disable=not progress, leave=False):
         trial = copy.deepcopy(model)
         bits_cfg = QuantConfig(method="liu2021", bits=f"W{b}A{b}", components=cfg.components, exclude=cfg.exclude, seed=cfg.seed)
         summary = prepare(trial, liu_scheme(bits_cfg), bits_cfg.components, bits_cfg.exclude, share_post_ln=False)
@@ -373,12 +368,8 @@ def _sensitivities(model, calib, cfg: QuantConfig, groups: list[dict], choices, 
         for i, g in enumerate(groups):
             plan = BitPlan({p: "W8A8" for p in g["patterns"]})
             mine = [q for n, q in points.items() if plan.spec_for(_layer_of(n, summary)) is not None]
-            saved = [q.enabled for q in points.values()]
-            for q in points.values():
-                q.enabled = q in mine
-            got = record(trial, [g["output"]], batches, component_runner(trial, g["component"]))[g["output"]]["output"]
-            for q, e in zip(points.values(), saved):
-                q.enabled = e
+            with points_disabled(trial, keep=mine):  # only this module quantized
+                got = record(trial, [g["output"]], batches, component_runner(trial, g["component"]))[g["output"]]["output"]
             err = sum(float((a.float() - r.float()).pow(2).sum()) for a, r in zip(got, fp[g["output"]]["output"]))
             costs[i][int(b)] = weight[i] * err
         del trial

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..models.families import blocks_of, component_runner, family_of
+from ..nn import points_disabled
 from . import MethodResult, get_method, register
 from .common import as_batches, check_components_in_data
 from .options import MethodOptions
@@ -93,12 +94,6 @@ def _kl(quantized_logits: torch.Tensor, full_logits: torch.Tensor) -> torch.Tens
     return F.kl_div(quantized_logits.float().log_softmax(-1), full_logits.float().softmax(-1), reduction="batchmean")
 
 
-def _points_off(model):
-    from ..train.reconstruction import _points_off as off
-
-    return off(model)
-
-
 def task_losses(model, components: list[str]) -> dict:
     """The task loss of each component (see the module docstring)."""
     from ..models.adapter import unwrap
@@ -112,7 +107,7 @@ def task_losses(model, components: list[str]) -> dict:
             other = "text" if comp == "image" else "image"
 
             def contrastive(batch, q, fp, other=other):
-                with torch.no_grad(), _points_off(model):
+                with torch.no_grad(), points_disabled(model):
                     ref = F.normalize(adapter.run(model, other, batch).float(), dim=-1)
                 scale = inner.logit_scale.detach().float().exp()
                 return _kl(scale * F.normalize(q.float(), dim=-1) @ ref.T, scale * F.normalize(fp.float(), dim=-1) @ ref.T)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -15,6 +16,22 @@ def quantizers(model: nn.Module) -> Iterator[tuple[str, TensorQuantizer]]:
     for name, m in model.named_modules():
         if isinstance(m, TensorQuantizer):
             yield name, m
+
+
+@contextlib.contextmanager
+def points_disabled(model: nn.Module | None = None, only: Iterable[TensorQuantizer] | None = None, keep=()):
+    """Switch quantization points off for a while (every point of ``model``, or ``only`` these),
+    except those in ``keep``; each point's own on/off state comes back afterwards."""
+    points = list(only) if only is not None else [q for _, q in quantizers(model)]
+    saved = [q.enabled for q in points]
+    kept = {id(q) for q in keep}
+    try:
+        for q in points:
+            q.enabled = q.enabled and id(q) in kept
+        yield
+    finally:
+        for q, e in zip(points, saved):
+            q.enabled = e
 
 
 def set_mode(model: nn.Module, mode: str) -> None:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from ..calib.recorder import Stream, capture_inputs, first_tensor, on_device_of, record, run_until
 from ..errors import ConfigError
 from ..memory import release_free_memory
-from ..nn import QuantConv2d, QuantLinear, TensorQuantizer, quantizers
+from ..nn import QuantConv2d, QuantLinear, TensorQuantizer, points_disabled, quantizers
 from ..quant.adaround import AdaRoundQuantizer
 from ..quant.uniform import UniformQuantizer
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -147,26 +147,13 @@ def reconstruction_units(model: nn.Module, runs: dict[str, Callable], blocks: di
 
         hooks = [m.register_forward_hook(make(n)) for n, m in candidates.items()]
         if first is not None:
-            with _points_off(model):
+            with points_disabled(model):
                 run_until(run, first, hooks)
         else:
             for h in hooks:
                 h.remove()
         units += [(component, n) for n in order if all(n != u for _, u in units)]
     return units
-
-
-@contextlib.contextmanager
-def _points_off(model: nn.Module, only: Iterable[TensorQuantizer] | None = None):
-    points = list(only) if only is not None else [q for _, q in quantizers(model)]
-    saved = [q.enabled for q in points]
-    try:
-        for q in points:
-            q.enabled = False
-        yield
-    finally:
-        for q, e in zip(points, saved):
-            q.enabled = e
 
 
 def _unit_points(model: nn.Module, name: str) -> list[TensorQuantizer]:
@@ -228,7 +215,7 @@ def unit_gradients(model: nn.Module, unit: nn.Module, batches, run: Callable, ta
     """For each batch, d task / d unit output, with the points of later units off (BRECQ)."""
     grads = Stream(cap_mb)
     for batch in batches:
-        with torch.no_grad(), _points_off(model):
+        with torch.no_grad(), points_disabled(model):
             fp = run(batch)
         if fp is None:
             continue
@@ -241,7 +228,7 @@ def unit_gradients(model: nn.Module, unit: nn.Module, batches, run: Callable, ta
 
         handle = unit.register_forward_hook(hook)
         try:
-            with torch.enable_grad(), _points_off(model, later):
+            with torch.enable_grad(), points_disabled(only=later):
                 loss = task(batch, run(batch), fp)
                 (g,) = torch.autograd.grad(loss, [held["t"]])
         finally:
@@ -261,7 +248,7 @@ def kl_task(batch: dict, quantized: torch.Tensor, full: torch.Tensor) -> torch.T
 class _Learned:
     """The unit's AdaRound quantizers and learnable step sizes while it is optimised."""
 
-    def __init__(self, model: nn.Module, unit: nn.Module, points: list[TensorQuantizer], cfg: ReconConfig):
+    def __init__(self, unit: nn.Module, points: list[TensorQuantizer], cfg: ReconConfig):
         self.rounding: list[tuple[nn.Module, AdaRoundQuantizer]] = []
         self.scales: list[UniformQuantizer] = []
         if cfg.learn_rounding:
@@ -359,7 +346,7 @@ def reconstruct(model: nn.Module, batches, runs: dict[str, Callable], blocks: di
         units = reconstruction_units(model, runs, blocks, cached)
         done = _resume(model, cfg, units, result)
         act_points = [q for _, q in quantizers(model) if q.role != "weight" and q.enabled]
-        with contextlib.nullcontext() if cfg.quantize_activations else _points_off(model, act_points):
+        with contextlib.nullcontext() if cfg.quantize_activations else points_disabled(only=act_points):
             overall = tqdm(total=len(units), initial=len(done), desc="reconstruction", disable=not cfg.progress, leave=False)
             for index, (component, name) in enumerate(units):
                 if name in done:
@@ -402,7 +389,7 @@ def _reconstruct_unit(model, component, name, index, units, cached, runs, cfg: R
     unit = model.get_submodule(name)
     run = runs[component]
     points = _unit_points(model, name)
-    with _points_off(model):
+    with points_disabled(model):
         fp = record(model, [name], cached, run, what=("input", "output"), cap_mb=cfg.cap_mb)[name]
     fp_in, fp_out = fp["input"], fp["output"]
     q_in = capture_inputs(model, unit, cached, run, cap_mb=cfg.cap_mb)
@@ -413,7 +400,7 @@ def _reconstruct_unit(model, component, name, index, units, cached, runs, cfg: R
             unit_task = (task.get(component) if isinstance(task, dict) else task) or kl_task
             grads = unit_gradients(model, unit, cached, run, unit_task, later, cfg.cap_mb)
         before = _mean_error(unit, q_in, fp_out)
-        learned = _Learned(model, unit, points, cfg)
+        learned = _Learned(unit, points, cfg)
         try:
             _optimise(unit, learned, q_in, fp_in, fp_out, grads, cfg, seed=cfg.seed * 1009 + index,
                       desc=f"{name} ({index + 1}/{len(units)})")
