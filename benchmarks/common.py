@@ -134,10 +134,10 @@ def finish(args, payload: dict) -> None:
         print(f"\nwrote {args.json}")
 
 
-def quantize_timed(model, method: str, bits: str, components, args, **options):
+def quantize_timed(model, method: str, bits: str, components, args, bit_plan=None, **options):
     """``vitq.quantize`` with the benchmark's seed and calibration size; returns (model, seconds)."""
     cfg = vitq.QuantConfig(method=method, bits=bits, components=components, seed=args.seed,
-                           num_calib=getattr(args, "num_calib", 32), options=options)
+                           num_calib=getattr(args, "num_calib", 32), options=options, bit_plan=bit_plan or {})
     return timed(lambda: vitq.quantize(model, cfg, calib=args.calib_data, progress=not getattr(args, "quiet", False)))
 
 

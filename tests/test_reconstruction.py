@@ -262,3 +262,43 @@ def test_points_disabled_switches_off_all_but_kept_and_restores():
         assert not points[1].enabled
         raise RuntimeError
     assert points[1].enabled
+
+
+def _outputs(model, name, batches) -> list[torch.Tensor]:
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(lambda mod, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        for x in batches:
+            model(pixel_values=x)
+    handle.remove()
+    return seen
+
+
+def test_targets_are_the_full_precision_model_even_after_upstream_weights_are_hardened():
+    # With no learning, each unit's weights are hardened to nearest rounding (the same function as
+    # the calibrated model); the error reported for the second block must be against the float
+    # model's block output, not against a model whose first block already holds hardened weights.
+    model = _vit(layers=2)
+    base = _quantize(model, method="repq-vit", bits="W3A3")
+    rec = _quantize(model, bits="W3A3", iters=2, round_lr=0.0, act_lr=0.0, round_weight=0.0)
+    quantized, full = _outputs(base, "vit.layers.1", _calib()), _outputs(model, "vit.layers.1", _calib())
+    expected = sum(float((q - f).pow(2).mean()) for q, f in zip(quantized, full)) / len(full)
+    report = next(u for u in rec.vitq_info["recon"]["units"] if u["name"] == "vit.layers.1")
+    assert report["mse_before"] == pytest.approx(expected, rel=1e-3, abs=1e-6)
+
+
+def test_float_weights_put_the_full_precision_model_back_for_a_while():
+    from vitq.train.reconstruction import FloatWeights
+
+    model = _vit()
+    q = _quantize(model, method="repq-vit", bits="W3A3")
+    keep = FloatWeights(q)
+    x = _images(7, 4)
+    with torch.no_grad():
+        for m in q.modules():  # harden every weight, as reconstruction does
+            if isinstance(m, QuantLinear) and m.weight_quantizer is not None:
+                m.weight.copy_(m.weight_quantizer.quantizer(m.weight))
+        hardened = q(pixel_values=x).logits
+        with keep.full_precision(q):
+            torch.testing.assert_close(q(pixel_values=x).logits, model(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
+        assert torch.equal(q(pixel_values=x).logits, hardened)

@@ -9,6 +9,7 @@ from .errors import ConfigError
 from .quant.uniform import MAX_BITS, MIN_BITS
 
 COMPONENTS = ("image", "text")
+FULL_PRECISION_BITS = 32  # A32 in a bit spec: activations (or attention) stay in full precision
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,12 @@ def parse_bits(spec: str | BitSpec) -> BitSpec:
         w, a = int(m.group(1)), int(m.group(2))
         bits = BitSpec(w, a, int(m.group(3)) if m.group(3) else a)
     for what, b in (("weight", bits.w), ("activation", bits.a), ("attention", bits.attn)):
+        if what != "weight" and b == FULL_PRECISION_BITS:
+            continue  # W8A32: weights only, activations in full precision
         if not MIN_BITS <= b <= MAX_BITS:
             raise ConfigError(
                 f"{what} bit width {b} in {spec!s} is out of range",
-                hint=f"vitq quantizes to {MIN_BITS} to {MAX_BITS} bits; keep a layer in full precision with an exclusion pattern instead",
+                hint=f"vitq quantizes to {MIN_BITS} to {MAX_BITS} bits (activations: or A32, full precision); keep a layer in full precision with an exclusion pattern instead",
             )
     return bits
 
@@ -103,7 +106,7 @@ def parse_components(components) -> tuple[str, ...]:
     for c in items:
         if c in ("both", "combined", "all"):
             out.extend(COMPONENTS)
-        elif c in COMPONENTS:
+        elif c in COMPONENTS or c == "unet":  # unet: a diffusion model's one component
             out.append(c)
         else:
             raise ConfigError(f"unknown component {c!r}", hint="use image, text, or both (image,text)")

@@ -41,6 +41,8 @@ def _packed_weights(model: nn.Module) -> dict[str, dict]:
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, (QuantLinear, QuantConv2d)) and m.weight_quantizer is not None and m.weight_quantizer.active:
+            if len(m.weight_parts()) > 1:
+                continue  # a split layer's halves have their own scales: its weight is stored as it is
             wq = m.weight_quantizer.quantizer
             if wq.kind != "uniform" or not wq.calibrated:
                 continue
@@ -84,7 +86,7 @@ def save(model: nn.Module, out: str | Path, overwrite: bool = False) -> Path:
 
 def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
     from .methods.dynamic import is_dynamic_weight, is_paper_dynamic, paper_dynamic_tensors
-    from .models.loading import library_class_name
+    from .models.loading import library_class_name, model_config_dict
 
     packed = _packed_weights(model)
     state = model.state_dict()
@@ -108,14 +110,14 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
         else:
             tensors[key] = t.detach().contiguous().clone()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": FORMAT})
-    model.config.to_json_file(str(folder / "config.json"))
+    _write_json(folder / "config.json", model_config_dict(model))
     points = quant_state(model)
     _write_json(folder / "vitq_config.json", {
         "format": FORMAT, "format_version": FORMAT_VERSION, "vitq_version": __version__,
         "model_class": library_class_name(model), "info": info,
         "structure": describe_structure(model), "points": points, "packed_weights": packed,
         "dynamic_weights": dynamic, "paper_dynamic_layers": sorted(paper),
-        "attn_implementation": model.config._attn_implementation,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
     })
     detail = {}
     for name, q in quantizers(model):
@@ -206,7 +208,8 @@ def load(folder: str | Path) -> nn.Module:
     import transformers
 
     from .models.attention import use_quant_attention
-    from .models.loading import transformers_class
+    from .models.families import family_of
+    from .models.loading import build_from_config, library_class
 
     folder = Path(folder)
     if not is_saved_folder(folder):
@@ -217,18 +220,21 @@ def load(folder: str | Path) -> nn.Module:
                          f"{meta.get('vitq_version', '(unknown version)')}; this vitq {__version__} reads {FORMAT} up to v{FORMAT_VERSION}",
                          hint=f"upgrade vitq to {meta.get('vitq_version', 'the version that wrote it')} or later")
     cls_name = meta["model_class"]
-    cls = transformers_class(cls_name)
+    cls = library_class(cls_name)
     if cls is None:
         raise ModelError(f"{folder} holds a {cls_name}, which this transformers version ({transformers.__version__}) cannot build",
-                         hint="install the transformers version it was saved with")
-    config = cls.config_class.from_json_file(str(folder / "config.json"))
-    config._name_or_path = str(folder)
-    model = cls(config).eval()
-    attn = meta.get("attn_implementation", "vitq_eager")
-    if attn == "vitq_eager":
-        use_quant_attention(model)
-    elif attn:
-        model.set_attn_implementation(attn)
+                         hint="install the transformers (or, for a UNet, diffusers) version it was saved with")
+    model = build_from_config(cls, folder / "config.json").eval()
+    if hasattr(model.config, "to_json_file"):
+        model.config._name_or_path = str(folder)
+        attn = meta.get("attn_implementation", "vitq_eager")
+        if attn == "vitq_eager":
+            use_quant_attention(model)
+        elif attn:
+            model.set_attn_implementation(attn)
+    else:  # a diffusers UNet: its folder (for the scheduler beside it) and vitq's attention processor
+        model.register_to_config(_name_or_path=str(folder))
+        family_of(model).hook_attention(model)
     rebuild_structure(model, meta["structure"], meta["points"])
     tensors = load_file(str(folder / "model.safetensors"))
     for key, packed in meta["packed_weights"].items():

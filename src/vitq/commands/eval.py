@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-TASK_CHOICES = ("zero-shot", "linear-probe", "retrieval", "top1", "fidelity", "cost")
+TASK_CHOICES = ("zero-shot", "linear-probe", "retrieval", "top1", "fidelity", "cost", "generation")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,8 +23,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=TASK_CHOICES)
     p.add_argument("--data", help="test data: a folder or .zip of class folders; for retrieval a captions CSV (or its folder)")
     p.add_argument("--train-data", help="linear probe: training images (folder or .zip of class folders)")
-    p.add_argument("--reference", help="fidelity: the full-precision model to compare with")
-    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset of N images (the same for the same --seed)")
+    p.add_argument("--reference", help="fidelity: the full-precision model to compare with (generation: PSNR/SSIM against its samples)")
+    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset of N images (the same for the same --seed); "
+                                              "generation: the number of samples (default 500)")
+    p.add_argument("--steps", type=int, default=50, help="generation: DDIM sampler steps (default 50)")
     p.add_argument("--train-limit", type=int, help="linear probe: N training images (default: --limit)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--templates", default="ensemble7",
@@ -57,11 +59,36 @@ def load(spec: str, device: str | None = None, dtype: str | None = None):
     return model if device is None else model.to(device)
 
 
+def _generation(args) -> int:
+    """A diffusion UNet: sample and score (vitq.eval.generation); --data is the real-image folder."""
+    from ..errors import ConfigError
+    from ..eval.generation import evaluate_generation
+    from ..io_utils import check_output_file, to_json, write_json
+    from ..models.families import family_of
+
+    check_output_file(args.json, "--json")
+    model = load(args.model, args.device, args.dtype)
+    if family_of(model).kind != "unet":
+        raise ConfigError("--task generation evaluates diffusion UNets, not this model", hint="for this model use top1, zero-shot, retrieval or fidelity")
+    reference = load(args.reference, args.device, args.dtype) if args.reference else None
+    result = evaluate_generation(model, reference, real=args.data, samples=args.limit or 500, steps=args.steps,
+                                 seed=args.seed, progress=not args.quiet)
+    result["model"] = args.model
+    if args.reference:
+        result["reference"] = args.reference
+    if args.json:
+        write_json(args.json, result)
+    sys.stdout.write(to_json(result))
+    return 0
+
+
 def run(args) -> int:
     from ..errors import ConfigError
     from ..eval import distributed, evaluate
     from ..io_utils import check_output_file, to_json, write_json
 
+    if args.task == "generation":
+        return _generation(args)
     if args.task != "cost" and not args.data:
         raise ConfigError(f"--task {args.task} needs --data PATH")
     if args.task == "fidelity" and not args.reference:
@@ -71,8 +98,18 @@ def run(args) -> int:
     plot = args.plot
     if args.task == "fidelity" and plot is None and args.json:
         plot = str(Path(args.json).with_suffix("")) + "_similarity.png"
+    model = load(args.model, args.device, args.dtype)
+    from ..errors import ModelError
+    from ..models.families import family_of
+
+    try:
+        unet = family_of(model).kind == "unet"
+    except ModelError:  # evaluate() says what it cannot do with an unknown model
+        unet = False
+    if unet:
+        raise ConfigError(f"--task {args.task} does not apply to a diffusion UNet", hint="evaluate it with --task generation")
     result = evaluate(
-        load(args.model, args.device, args.dtype), args.task, args.data,
+        model, args.task, args.data,
         reference=load(args.reference, args.device, args.dtype) if args.reference else None,
         batch_size=args.batch_size, limit=args.limit, train_limit=args.train_limit, seed=args.seed,
         skip_bad=args.skip_bad, templates=args.templates, tokenizer=args.tokenizer, train_data=args.train_data,

@@ -97,6 +97,18 @@ def _checkpoint_options(method, cfg: QuantConfig, args) -> str | None:
     return str(folder)
 
 
+def _unet_calibration(model, cfg: QuantConfig, progress: bool) -> list[dict]:
+    """A UNet's calibration for a baseline method: Q-Diffusion's timestep-aware set (DDIM, 100 steps,
+    every 5th), ``num_calib`` inputs in all."""
+    from ..data.diffusion import timestep_calibration
+    from ..models.loading import load_scheduler
+
+    steps, interval = 100, 5
+    per_step = max(1, -(-cfg.num_calib // (steps // interval)))
+    return timestep_calibration(model, load_scheduler(model), steps=steps, interval=interval, per_step=per_step,
+                                batch_size=cfg.batch_size, seed=cfg.seed, progress=progress).batches
+
+
 def run(args) -> int:
     from ..errors import ConfigError
 
@@ -124,8 +136,6 @@ def run(args) -> int:
     checkpoints = _checkpoint_options(method, cfg, args)
     method.parse_options(cfg.options)
     needs_calib = method.needs_calibration
-    if needs_calib and not args.calib:
-        raise ConfigError(f"--calib is required by the {cfg.method} method", hint="pass a folder (or .zip) of calibration images")
     if not needs_calib and args.calib:
         raise ConfigError(f"the {cfg.method} method takes no calibration data, but --calib was given",
                           hint=f"drop --calib, or choose a calibrated method (see --list-methods)")
@@ -137,7 +147,15 @@ def run(args) -> int:
         raise ConfigError(f"the {method.name} method needs a model in {' or '.join(method.dtypes)}, not {dtype}",
                           hint="drop --dtype (float32 is the default), or choose another method")
     model = load_model(args.model, dtype=dtype)
-    comps = resolve_components(family_of(model), cfg.components)
+    family = family_of(model)
+    method.check_model(model)
+    unet = family.kind == "unet"
+    if unet and args.calib:
+        raise ConfigError("a diffusion UNet calibrates on its sampler's inputs, not on images, but --calib was given",
+                          hint="drop --calib: vitq draws a timestep-aware calibration set with the model's scheduler (--num-calib inputs)")
+    if needs_calib and not args.calib and not unet:
+        raise ConfigError(f"--calib is required by the {cfg.method} method", hint="pass a folder (or .zip) of calibration images")
+    comps = resolve_components(family, cfg.components)
     if method.needs_calibration:
         quantizable_blocks(model, comps)  # an architecture vitq cannot quantize fails before any data is read
     cfg.components = comps
@@ -147,7 +165,9 @@ def run(args) -> int:
 
         tokenizer = resolve_tokenizer(model, args.tokenizer)
     batches = None
-    if needs_calib:
+    if needs_calib and unet:
+        batches = _unet_calibration(model, cfg, not args.quiet)
+    elif needs_calib:
         batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model, preprocess=args.preprocess),
                                       tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad)
     # the CLI's float model is its own: quantize it in place (no second copy in memory)
@@ -160,7 +180,7 @@ def run(args) -> int:
     info = qmodel.vitq_info
     print(f"quantized {args.model} with {cfg.method} at {cfg.bits} ({', '.join(comps)}) "
           f"in {info['calibration_seconds']:.1f}s; saved to {args.out}")
-    recon = info.get("recon") or {}
+    recon = info.get("recon") or info.get("q_diffusion") or {}
     if recon.get("stopped_early"):
         print(f"stopped early as asked, after {len(recon['units'])} blocks: the saved model is partly reconstructed; "
               f"run the same command with --resume to finish it (checkpoints in {checkpoints})")

@@ -58,6 +58,13 @@ def _guess_group(name: str) -> str:
     return "image"
 
 
+def _family_or_none(model):
+    try:
+        return family_of(model)
+    except ModelError:
+        return None
+
+
 def size_grouper(model) -> Callable[[str], str]:
     """Parameter name -> ``image``, ``text`` or ``heads``: from the model's family (models/families.py)."""
     try:
@@ -166,13 +173,19 @@ def _layer_cost(module, args, output, upstream_bits: int | None = None) -> tuple
 
 
 def compute_cost(model, image_size: int | None = None) -> dict:
-    """FLOPs (MACs) and BOPs of one image through the image tower (or the whole classifier).
+    """FLOPs (MACs) and BOPs of one image through the image tower (or the whole classifier; a
+    diffusion UNet: one denoising step of one sample).
 
     Linear, Conv2d and QuantMatMul layers are counted by forward hooks with their own bits; whatever
     else ``FlopCounterMode`` sees (the attention matmuls of an unquantized attention) counts at 32×32 bits.
     """
-    size = image_size or image_size_of(model.config)
-    x = torch.zeros(1, 3, size, size, device=device_of(model), dtype=next(model.parameters()).dtype)
+    family = _family_or_none(model)
+    if family is not None and family.kind == "unet":  # one denoising step on a sample of the model's size
+        inputs = family.example_inputs(model)
+        size = int(inputs["sample"].shape[-1])
+    else:
+        size = image_size or image_size_of(model.config)
+        x = torch.zeros(1, 3, size, size, device=device_of(model), dtype=next(model.parameters()).dtype)
     calls: list[tuple[str, int, int, int]] = []
     # Tensors that left an active quantization point, with its bits: a linear fed one of them (q, k, v
     # after a LayerNorm's output point) computes on quantized inputs though it has no point of its own.
@@ -203,7 +216,9 @@ def compute_cost(model, image_size: int | None = None) -> dict:
     model.eval()
     try:
         with counter:
-            if is_dual_encoder(model):
+            if family is not None and family.kind == "unet":
+                model(**inputs)
+            elif is_dual_encoder(model):
                 model.get_image_features(pixel_values=x)
             else:
                 model(pixel_values=x)

@@ -110,6 +110,11 @@ def export_onnx(model: nn.Module, out: str | Path, towers=None, opset: int = OPS
     from .graph_passes import WEIGHT_DTYPES
 
     _check_quantized(model)
+    from ..models.families import family_of
+
+    if family_of(model).kind == "unet":
+        raise ModelError("ONNX export of a quantized diffusion UNet is not implemented yet",
+                         hint="save it with vitq.save / vitq quantize --out (it reloads exactly) and sample it in PyTorch")
     if weight_dtype not in WEIGHT_DTYPES:
         raise ConfigError(f"unknown weight_dtype {weight_dtype!r}", hint=f"use one of: {', '.join(WEIGHT_DTYPES)}")
     if not isinstance(check, int) or check < 0:

@@ -15,7 +15,7 @@ from typing import Callable
 from ..errors import ConfigError
 from .options import MethodOptions, NoOptions
 
-_METHOD_MODULES = ("baseline", "repq", "dynamic", "recon", "liu2021")
+_METHOD_MODULES = ("baseline", "repq", "dynamic", "recon", "liu2021", "qdiffusion")
 _REGISTRY: dict[str, "MethodInfo"] = {}
 _loaded = False
 
@@ -61,9 +61,20 @@ class MethodInfo:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     dtypes: tuple[str, ...] = ("float32", "bfloat16")  # model dtypes the method calibrates in
     trains: bool = False  # runs with gradients (learned prompts, adapters, rounding); else under no_grad
+    models: tuple[str, ...] = ("transformer",)  # architecture kinds it supports (ModelAdapter.kind)
 
     def parse_options(self, options) -> MethodOptions:
         return self.options.parse(options, method=self.name)
+
+    def check_model(self, model) -> None:
+        """A ConfigError, before any work, when the method does not support this architecture."""
+        from ..models.families import family_of
+
+        kind = family_of(model).kind
+        if kind not in self.models:
+            others = sorted(i.name for i in method_infos() if kind in i.models)
+            raise ConfigError(f"the {self.name} method does not support a {kind} model ({type(model).__name__})",
+                              hint=f"methods for {kind} models: {', '.join(others)}")
 
     def run(self, model, calib, config, progress: bool = True) -> tuple:
         """Validate ``config.options`` and the model's dtype, and apply the method; returns
@@ -76,6 +87,7 @@ class MethodInfo:
         if dtype not in self.dtypes:
             raise ConfigError(f"the {self.name} method needs a model in {' or '.join(self.dtypes)}, this one is {dtype}",
                               hint="load the model in float32 (the default), or choose another method")
+        self.check_model(model)
         opts = self.parse_options(config.options)
         with contextlib.nullcontext() if self.trains else torch.no_grad():
             model, result = self.fn(model, calib, config, opts, progress=progress)
@@ -85,12 +97,12 @@ class MethodInfo:
 
 
 def register(*names: str, options: type = NoOptions, needs_calibration: bool = True, summary: str = "",
-             dtypes: tuple[str, ...] = ("float32", "bfloat16"), trains: bool = False):
+             dtypes: tuple[str, ...] = ("float32", "bfloat16"), trains: bool = False, models: tuple[str, ...] = ("transformer",)):
     """Register ``fn`` under ``names`` (the first is its name, the others aliases)."""
 
     def wrap(fn):
         info = MethodInfo(names[0], fn, options, needs_calibration, summary or (fn.__doc__ or "").strip().split("\n")[0],
-                          tuple(names[1:]), tuple(dtypes), trains)
+                          tuple(names[1:]), tuple(dtypes), trains, tuple(models))
         for n in names:
             _REGISTRY[n] = info
         return fn

@@ -79,9 +79,10 @@ def _baseline(observer: str):
     return run
 
 
-register("minmax", options=BaselineOptions)(_baseline("minmax"))
-register("ema", options=EMAOptions)(_baseline("ema"))
-register("percentile", options=PercentileOptions)(_baseline("percentile"))
-register("omse", options=OMSEOptions)(_baseline("omse"))
+BOTH = ("transformer", "unet")  # the baselines quantize diffusion UNets too (Q-Diffusion's linear baseline)
+register("minmax", options=BaselineOptions, models=BOTH)(_baseline("minmax"))
+register("ema", options=EMAOptions, models=BOTH)(_baseline("ema"))
+register("percentile", options=PercentileOptions, models=BOTH)(_baseline("percentile"))
+register("omse", options=OMSEOptions, models=BOTH)(_baseline("omse"))
 
 __all__ = ["BaselineOptions", "EMAOptions", "PercentileOptions", "OMSEOptions", "ConfigError"]

@@ -88,6 +88,11 @@ def check_components_in_data(batches, components) -> None:
     first = next(iter(batches), None)
     for comp in components:
         if first is None or not any(k in first for k in COMPONENT_INPUTS[comp]):
+            if comp == "unet":
+                raise ConfigError("a diffusion UNet calibrates on its own inputs (batches with sample and timestep), "
+                                  "which the calibration data does not have",
+                                  hint="draw them with vitq.data.diffusion.timestep_calibration(unet, scheduler), "
+                                       "or use q-diffusion, which draws them itself")
             if comp == "image":
                 raise ConfigError("the image component is selected but the calibration data has no images",
                                   hint="pass calibration images (--calib DIR)")
@@ -113,3 +118,16 @@ def calibrate(model: nn.Module, batches, components, progress: bool = True, sequ
         calibrate_sequential(model, batches, runs, {c: blocks_of(model, c) for c in components}, progress=progress)
     else:
         calibrate_parallel(model, batches, runs, progress=progress)
+
+
+RESUME_OPTIONS = ("checkpoint_dir", "resume", "stop_after")
+
+
+def run_identity(cfg: QuantConfig, **extra) -> str:
+    """What a reconstruction checkpoint must match to be resumed: the bits, plan and options (and
+    ``extra``), but not where the checkpoints go or whether this run resumes or stops early."""
+    import json
+
+    config = cfg.to_dict()
+    config["options"] = {k: v for k, v in dict(config.get("options") or {}).items() if k not in RESUME_OPTIONS}
+    return json.dumps({**extra, "config": config}, sort_keys=True, default=str)

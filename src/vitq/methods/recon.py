@@ -16,7 +16,6 @@ encoder alone, on the in-batch cosine-similarity logits at temperature 0.05.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,7 +27,7 @@ from ..errors import ConfigError
 from ..models.families import blocks_of, component_runner, family_of
 from ..nn import points_disabled
 from . import MethodResult, get_method, register
-from .common import as_batches, check_components_in_data
+from .common import as_batches, check_components_in_data, run_identity
 from .options import MethodOptions
 
 PRESETS = {"fast": {"iters": 1000}, "paper": {"iters": 20_000}}
@@ -124,19 +123,10 @@ def task_losses(model, components: list[str]) -> dict:
     return out
 
 
-def _run_identity(base: str, cfg: QuantConfig) -> str:
-    """What a checkpoint must match to be resumed: the base, bits, plan and options, but not where
-    the checkpoints go or whether this run resumes or stops early."""
-    config = cfg.to_dict()
-    config["options"] = {k: v for k, v in dict(config.get("options") or {}).items()
-                         if k not in ("checkpoint_dir", "resume", "stop_after")}
-    return json.dumps({"base": base, "config": config}, sort_keys=True, default=str)
-
-
 @register("recon", "brecq", options=ReconOptions, trains=True, dtypes=("float32",))
 def recon(model, calib, cfg: QuantConfig, opts: ReconOptions, progress: bool = True):
     """Block reconstruction (BRECQ/QDrop: AdaRound + LSQ step sizes) after a calibration method."""
-    from ..train.reconstruction import ReconConfig, reconstruct
+    from ..train.reconstruction import ReconConfig, reconstruct_scheduled, summarize
 
     base = get_method(opts.base)
     if base.name == "recon" or not base.needs_calibration or base.trains or "float32" not in base.dtypes or base.name == "dq-clip":
@@ -151,28 +141,12 @@ def recon(model, calib, cfg: QuantConfig, opts: ReconOptions, progress: bool = T
     common = dict(round_lr=opts.round_lr, act_lr=opts.act_lr, round_weight=opts.round_weight, b_start=opts.b_start,
                   b_end=opts.b_end, warmup=opts.warmup, drop_prob=opts.drop_prob, loss=opts.loss,
                   fisher_damping=opts.fisher_damping, seed=cfg.seed, progress=progress, iters=opts.steps(),
-                  context=_run_identity(base.name, cfg))
+                  context=run_identity(cfg, base=base.name))
     task = task_losses(model, components) if opts.loss == "fisher" else None
-    if opts.schedule == "joint":
-        phases = [dict(learn_rounding=True, learn_act_scales=opts.learn_act_scales)]
-    else:
-        phases = [dict(learn_rounding=True, learn_act_scales=False, quantize_activations=False)]
-        if opts.learn_act_scales:
-            phases.append(dict(learn_rounding=False, learn_act_scales=True))
-    reports = []
-    for i, phase in enumerate(phases):
-        folder = None
-        if opts.checkpoint_dir:
-            folder = opts.checkpoint_dir if len(phases) == 1 else f"{opts.checkpoint_dir}/phase{i + 1}"
-        rc = ReconConfig(**common, **phase, checkpoint_dir=folder, resume=opts.resume, stop_after=opts.stop_after)
-        result = reconstruct(model, batches, runs, blocks, rc, task=task)
-        reports.append(result)
-        if result.stopped_early:
-            break
-    units = [u.to_dict() for r in reports for u in r.units]
+    rc = ReconConfig(**common, checkpoint_dir=opts.checkpoint_dir, resume=opts.resume, stop_after=opts.stop_after)
+    results = reconstruct_scheduled(model, batches, runs, blocks, rc, opts.schedule, opts.learn_act_scales, task=task)
     details = {**base_result.details, "recon": {
         "base": base.name, "preset": opts.preset, "iters": opts.steps(), "loss": opts.loss, "drop_prob": opts.drop_prob,
-        "schedule": opts.schedule, "units": units, "resumed": sum(r.resumed for r in reports),
-        "stopped_early": any(r.stopped_early for r in reports)}}
+        "schedule": opts.schedule, **summarize(results)}}
     return model, MethodResult(family=base_result.family, components=components, calibration=base_result.calibration,
                                scope=base_result.scope, float_attention=base_result.float_attention, details=details)

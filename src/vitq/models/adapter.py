@@ -214,7 +214,7 @@ SUPPORTED_CLASSES = (
 )
 
 
-COMPONENT_INPUTS = {"image": ("pixel_values",), "text": ("input_ids",)}
+COMPONENT_INPUTS = {"image": ("pixel_values",), "text": ("input_ids",), "unet": ("sample", "timestep")}
 # Further keyword arguments a component passes on when a batch has them (SigLIP2's NaFlex images).
 OPTIONAL_INPUTS = {"image": ("pixel_attention_mask", "spatial_shapes", "interpolate_pos_encoding"),
                    "text": ("attention_mask", "token_type_ids", "position_ids")}
@@ -225,6 +225,7 @@ _HEAD_NAMES = ("classifier", "cls_classifier", "distillation_classifier", "head"
 class ModelAdapter:
     """The protocol (and the transformers implementation's data). See the module docstring."""
 
+    kind = "transformer"  # the architecture kind methods declare they support (a UNet adapter: "unet")
     name: str
     components: dict[str, tuple[str, ...]]
     heads: tuple[str, ...] = ()
@@ -371,6 +372,10 @@ def _towers(model: nn.Module) -> tuple[dict[str, tuple[str, ...]], tuple[str, ..
 def adapter_of(model: nn.Module) -> ModelAdapter:
     """The adapter of a model instance, found from its structure (see the module docstring)."""
     model = unwrap(model)
+    from .unet import is_unet, unet_adapter
+
+    if is_unet(model):  # a diffusers UNet: its own adapter (models/unet.py)
+        return unet_adapter(model)
     components, heads = _towers(model)
     adapter = ModelAdapter(name=getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__,
                            components=components, heads=heads)

@@ -28,13 +28,75 @@ def transformers_class(name: str):
     return cls if isinstance(cls, type) and issubclass(cls, PreTrainedModel) else None
 
 
+def diffusers_class(name: str):
+    """The diffusers model class of that name (a UNet), or None (also when diffusers is absent)."""
+    try:
+        import diffusers
+        from diffusers import ModelMixin
+    except ImportError:
+        return None
+    cls = getattr(diffusers, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, ModelMixin) else None
+
+
+def library_class(name: str):
+    """The transformers or diffusers model class of that name, or None."""
+    return transformers_class(name) or diffusers_class(name)
+
+
 def library_class_name(model: nn.Module) -> str:
-    """The transformers class a model is (or derives from): what a saved folder records to rebuild it."""
+    """The transformers (or diffusers) class a model is or derives from: what a saved folder records
+    to rebuild it."""
     for cls in type(model).__mro__:
-        if transformers_class(cls.__name__) is cls:
+        if library_class(cls.__name__) is cls:
             return cls.__name__
-    raise ModelError(f"{type(model).__name__} is not a transformers model, so vitq cannot save and rebuild it",
-                     hint="quantize a transformers model (or a subclass of one)")
+    raise ModelError(f"{type(model).__name__} is not a transformers or diffusers model, so vitq cannot save and rebuild it",
+                     hint="quantize a transformers model or a diffusers UNet (or a subclass of one)")
+
+
+def build_from_config(cls, config_path: Path) -> nn.Module:
+    """An untrained model of ``cls`` from its config.json (transformers or diffusers)."""
+    if hasattr(cls, "config_class"):
+        return cls(cls.config_class.from_json_file(str(config_path)))
+    return cls.from_config(json.loads(Path(config_path).read_text()))
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """The config a saved folder writes as config.json."""
+    cfg = model.config
+    if hasattr(cfg, "to_dict") and not isinstance(cfg, dict):
+        return cfg.to_dict()
+    return {"_class_name": type(model).__name__, **dict(cfg)}
+
+
+def load_scheduler(source, kind: str = "ddim"):
+    """The noise scheduler of a diffusion model as a DDIM (default) or DDPM sampler: ``source`` is
+    ``zoo:NAME``, a folder holding scheduler_config.json (or a pipeline folder with ``scheduler/``),
+    or the UNet itself (the folder it was loaded from)."""
+    try:
+        import diffusers
+    except ImportError:
+        raise ModelError("sampling a diffusion model needs diffusers", hint='pip install "vitq[diffusion]"') from None
+    classes = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}
+    if kind not in classes:
+        raise ModelError(f"unknown scheduler {kind!r}", hint="use ddim or ddpm")
+    if isinstance(source, nn.Module):
+        folder = getattr(getattr(source, "config", None), "_name_or_path", None) or getattr(source, "name_or_path", None)
+        if not folder:
+            raise ModelError("this UNet does not say which folder it was loaded from, so its scheduler is unknown",
+                             hint="pass the scheduler: option scheduler=FOLDER (with scheduler_config.json) or zoo:NAME")
+        source = folder
+    source = str(source)
+    if source.startswith("zoo:"):
+        from .. import zoo
+
+        source = str(zoo.path(source[4:]))
+    folder = Path(source).expanduser()
+    for candidate in (folder, folder / "scheduler", folder.parent / "scheduler"):
+        if (candidate / "scheduler_config.json").is_file():
+            return classes[kind].from_pretrained(str(candidate))
+    raise ModelError(f"no scheduler_config.json in {folder} (nor in a scheduler/ folder beside it)",
+                     hint="pass the folder of the sampler's scheduler (option scheduler=FOLDER) or zoo:NAME")
 
 
 def _class_for_folder(folder: Path):
@@ -46,6 +108,12 @@ def _class_for_folder(folder: Path):
         cls = transformers_class(arch)
         if cls is not None:
             return cls
+    if "_class_name" in cfg:  # a diffusers model folder (a UNet)
+        cls = diffusers_class(cfg["_class_name"])
+        if cls is not None:
+            return cls
+        raise ModelError(f"{folder} holds a diffusers {cfg['_class_name']}, which vitq cannot build here",
+                         hint='install diffusers (pip install "vitq[diffusion]"); vitq quantizes UNet2DModel and UNet2DConditionModel')
     named = ", ".join(cfg.get("architectures") or [cfg.get("model_type", "unknown")])
     raise ModelError(f"{folder} holds a {named} model, which this transformers version cannot build",
                      hint="check config.json's architectures; vitq is tested on: " + ", ".join(SUPPORTED_CLASSES))
@@ -111,7 +179,10 @@ def load_model(spec: str, dtype: str | None = None, **from_pretrained_kwargs) ->
     (``"bfloat16"``, ``"float16"``) says otherwise."""
     target = model_dtype(dtype)
     # from_pretrained builds the model in the target dtype: a bf16 ViT-L never exists in fp32 here
-    return _load_float(str(spec), dtype=target, **from_pretrained_kwargs).to(target).eval()
+    model = _load_float(str(spec), dtype=target, **from_pretrained_kwargs)
+    if next(model.parameters()).dtype != target:  # diffusers warns on a .to() that changes nothing
+        model = model.to(target)
+    return model.eval()
 
 
 def _load_float(spec: str, **from_pretrained_kwargs) -> nn.Module:
@@ -132,9 +203,13 @@ def _load_float(spec: str, **from_pretrained_kwargs) -> nn.Module:
         if (path / VITQ_FOLDER_MARKER).is_file():
             raise ModelError(f"{path} is a vitq quantized-model folder, not a float model",
                              hint="load it with vitq.load(PATH); vitq eval, info and export take it as --model; to quantize again, start from the float model")
+        if not (path / "config.json").is_file() and (path / "model_index.json").is_file() and (path / "unet" / "config.json").is_file():
+            path = path / "unet"  # a diffusers pipeline folder: vitq quantizes its UNet
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} has no config.json", hint="pass a folder written by save_pretrained or by vitq save")
         cls = _class_for_folder(path)
+        if diffusers_class(cls.__name__) is cls and "dtype" in from_pretrained_kwargs:
+            from_pretrained_kwargs["torch_dtype"] = from_pretrained_kwargs.pop("dtype")
         return cls.from_pretrained(str(path), use_safetensors=True, **from_pretrained_kwargs)
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ModelError(f"model folder {spec} does not exist", hint="check the path")

@@ -30,7 +30,7 @@ from fnmatch import fnmatch
 
 from torch import nn
 
-from ..config import BitPlan
+from ..config import FULL_PRECISION_BITS, BitPlan
 from ..errors import ConfigError, ModelError
 from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer
 from ..nn.modules import attach_output_point
@@ -49,6 +49,8 @@ def make_point(scheme: dict, role: str, layer: str | None = None, plan: BitPlan 
     bits = plan.bits_for(layer, role) if plan and layer is not None else None
     if bits is not None:
         settings = dict(settings, bits=bits)
+    if settings.get("bits", 8) >= FULL_PRECISION_BITS:  # A32: this role stays in full precision
+        return None
     return TensorQuantizer(**settings, role=role)
 
 
@@ -62,6 +64,8 @@ def _excluded(name: str, patterns) -> bool:
 
 def resolve_components(family: ModelAdapter, requested) -> tuple[str, ...]:
     available = tuple(family.components)
+    if family.kind == "unet":  # a UNet is one component, whatever the (image/text) request says
+        return available
     chosen = tuple(c for c in requested if c in available)
     if not chosen:
         raise ConfigError(
@@ -98,6 +102,10 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         raise ValueError(f"unknown roles in scheme: {sorted(unknown)}; roles are {ROLES}")
     model = unwrap(model)
     family = family_of(model)
+    if family.kind == "unet":
+        from .unet import prepare_unet
+
+        return prepare_unet(model, scheme, exclude, plan, split_shortcuts=False)  # the split is Q-Diffusion's own
     comps = resolve_components(family, components)
     blocks = quantizable_blocks(model, comps)
     family.hook_attention(model)

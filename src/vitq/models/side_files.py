@@ -18,6 +18,7 @@ SIDE_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
     "added_tokens.json", "spiece.model", "sentencepiece.bpe.model",
     "preprocessor_config.json", "processor_config.json",
+    "scheduler_config.json",  # a diffusion UNet's sampler
 )
 
 

@@ -68,6 +68,11 @@ class _WeightedQuantMixin:
         # Inference reuses the fake-quantized weight until the weight or its scale changes.
         self._weight_cache: tuple | None = None
 
+    def weight_parts(self) -> list[tuple[str, tuple]]:
+        """(weight-quantizer attribute, index into the weight) of each separately quantized part of
+        the weight: the whole weight here; two input-channel slices in a split layer."""
+        return [("weight_quantizer", (slice(None),))]
+
     def quantized_output(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.output_quantizer is None else self.output_quantizer(y)
 

@@ -28,7 +28,9 @@ def saveable(cls: type) -> type:
     return cls
 
 
-for _cls in (QuantLinear, QuantConv2d, QuantLayerNorm, QuantMatMul, InputAffine):
+from .split import SplitQuantConv2d  # noqa: E402
+
+for _cls in (QuantLinear, QuantConv2d, QuantLayerNorm, QuantMatMul, InputAffine, SplitQuantConv2d):
     saveable(_cls)
 
 

@@ -5,7 +5,8 @@ The engine walks the *units* of a model in forward order: the adapter's blocks, 
 layer outside a block (patch embedding, projections, heads) on its own. For each unit it
 
 1. records, on the calibration batches, the unit's full-precision input and output (every point
-   off) and its input with everything upstream quantized (earlier units already reconstructed):
+   off and the original float weights back in place, :class:`FloatWeights`: hardening has replaced
+   the weights of the units before it) and its input with everything upstream quantized (earlier units already reconstructed):
    :mod:`vitq.calib.recorder`, memory capped and spilled to disk;
 2. optionally (``loss="fisher"``) the gradient of a task loss with respect to the unit's output, with
    the model quantized up to and including the unit (BRECQ's Fisher diagonal, damped: the squared
@@ -31,6 +32,7 @@ random draws depend only on the seed and the unit's index).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -52,6 +54,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import TrainConfig, train
 
 LOSSES = ("mse", "fisher")
+SCHEDULES = ("joint", "weights-then-activations")
 TaskLoss = Callable[[dict, torch.Tensor, torch.Tensor], torch.Tensor]  # (batch, quantized out, fp out) -> loss
 
 
@@ -164,6 +167,35 @@ def _activation_points(points: list[TensorQuantizer]) -> list[TensorQuantizer]:
     return [q for q in points if q.role != "weight" and q.enabled]
 
 
+class FloatWeights:
+    """The weights of the quantized layers as they were before any rounding was hardened into them.
+
+    Hardening writes each learned weight into the layer, so after the first unit the model no longer
+    holds the full-precision function. Every target (a unit's full-precision input and output, the
+    Fisher loss's reference) is recorded inside :meth:`full_precision`, which puts these weights back
+    for the while, with every point off."""
+
+    def __init__(self, model: nn.Module):
+        self.saved = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantConv2d))}
+
+    @contextlib.contextmanager
+    def full_precision(self, model: nn.Module):
+        modules = dict(model.named_modules())
+        swapped = []
+        try:
+            with torch.no_grad():
+                for name, weight in self.saved.items():
+                    layer = modules[name]
+                    swapped.append((layer, layer.weight.detach().clone()))
+                    layer.weight.copy_(weight)  # copy_ bumps the version: no stale fake-quant cache
+            with points_disabled(model):
+                yield
+        finally:
+            with torch.no_grad():
+                for layer, current in swapped:
+                    layer.weight.copy_(current)
+
+
 # -- data -----------------------------------------------------------------------------------------
 def _mix(q_item, fp_item, p: float, g: torch.Generator):
     """QDrop: each floating-point element is the quantized one with probability p."""
@@ -211,11 +243,12 @@ def _mean_error(unit: nn.Module, inputs: Stream, targets: Stream) -> float:
 
 
 def unit_gradients(model: nn.Module, unit: nn.Module, batches, run: Callable, task: TaskLoss, later: list[TensorQuantizer],
-                   cap_mb: float) -> Stream:
-    """For each batch, d task / d unit output, with the points of later units off (BRECQ)."""
+                   cap_mb: float, float_weights: FloatWeights | None = None) -> Stream:
+    """For each batch, d task / d unit output, with the points of later units off (BRECQ); the task's
+    reference is the full-precision model's output."""
     grads = Stream(cap_mb)
     for batch in batches:
-        with torch.no_grad(), points_disabled(model):
+        with torch.no_grad(), (float_weights.full_precision(model) if float_weights is not None else points_disabled(model)):
             fp = run(batch)
         if fp is None:
             continue
@@ -249,15 +282,18 @@ class _Learned:
     """The unit's AdaRound quantizers and learnable step sizes while it is optimised."""
 
     def __init__(self, unit: nn.Module, points: list[TensorQuantizer], cfg: ReconConfig):
-        self.rounding: list[tuple[nn.Module, AdaRoundQuantizer]] = []
+        self.rounding: list[tuple[nn.Module, tuple, AdaRoundQuantizer]] = []  # (layer, weight index, quantizer)
         self.scales: list[UniformQuantizer] = []
         if cfg.learn_rounding:
             for m in unit.modules():
-                wq = getattr(m, "weight_quantizer", None) if isinstance(m, (QuantLinear, QuantConv2d)) else None
-                if wq is not None and wq.active and isinstance(wq.quantizer, UniformQuantizer):
-                    ada = AdaRoundQuantizer(wq.quantizer, m.weight)
-                    wq.quantizer = ada
-                    self.rounding.append((m, ada))
+                if not isinstance(m, (QuantLinear, QuantConv2d)):
+                    continue
+                for attr, index in m.weight_parts():  # a split layer rounds each half on its own grid
+                    wq = getattr(m, attr, None)
+                    if wq is not None and wq.active and isinstance(wq.quantizer, UniformQuantizer):
+                        ada = AdaRoundQuantizer(wq.quantizer, m.weight[index])
+                        wq.quantizer = ada
+                        self.rounding.append((m, index, ada))
         if cfg.learn_act_scales and cfg.quantize_activations:
             for q in _activation_points(points):
                 if q.active and isinstance(q.quantizer, UniformQuantizer) and q.quantizer.calibrated:
@@ -268,25 +304,26 @@ class _Learned:
             p.requires_grad_(False)
 
     def _ours(self, p) -> bool:
-        return any(p is a.alpha for _, a in self.rounding) or any(p is s.scale for s in self.scales)
+        return any(p is a.alpha for _, _, a in self.rounding) or any(p is s.scale for s in self.scales)
 
     def param_groups(self, cfg: ReconConfig) -> list[dict]:
         groups = []
         if self.rounding:
-            groups.append({"params": [a.alpha for _, a in self.rounding], "lr": cfg.round_lr, "kind": "rounding"})
+            groups.append({"params": [a.alpha for _, _, a in self.rounding], "lr": cfg.round_lr, "kind": "rounding"})
         if self.scales:
             groups.append({"params": [s.scale for s in self.scales], "lr": cfg.act_lr, "kind": "scales"})
         return groups
 
     def regularizer(self, b: float) -> torch.Tensor:
-        return sum(a.regularizer(b) for _, a in self.rounding)
+        return sum(a.regularizer(b) for _, _, a in self.rounding)
 
     @torch.no_grad()
     def finish(self) -> None:
         """Harden the rounding into the weights, put the calibrated quantizers back, freeze the scales."""
-        for layer, ada in self.rounding:
-            layer.weight.copy_(ada.hardened_weight(layer.weight))
-            layer.weight_quantizer.quantizer = ada.base
+        for layer, index, ada in self.rounding:
+            layer.weight[index] = ada.hardened_weight(layer.weight[index])
+            point = next(getattr(layer, a) for a, i in layer.weight_parts() if i == index)
+            point.quantizer = ada.base
         for s in self.scales:
             s.scale.data.clamp_(min=1e-8)
             s.set_learnable(False)
@@ -334,14 +371,18 @@ def _optimise(unit: nn.Module, learned: _Learned, q_in: Stream, fp_in: Stream, f
 
 # -- the loop -------------------------------------------------------------------------------------
 def reconstruct(model: nn.Module, batches, runs: dict[str, Callable], blocks: dict[str, list[str]],
-                config: ReconConfig | None = None, task: TaskLoss | dict[str, TaskLoss] | None = None) -> ReconResult:
+                config: ReconConfig | None = None, task: TaskLoss | dict[str, TaskLoss] | None = None,
+                float_weights: FloatWeights | None = None) -> ReconResult:
     """Reconstruct every unit of ``model`` (see the module docstring). ``runs[c](batch)`` runs
     component ``c``; ``blocks[c]`` names its blocks; ``task`` (per component, or one for all) is the
     Fisher loss's task (default :func:`kl_task` on the component's output). The model must be
-    calibrated (every point in quant mode). Returns a per-unit report."""
+    calibrated (every point in quant mode). ``float_weights``: the full-precision weights, when an
+    earlier pass already hardened some (default: the model's weights now, before any resume).
+    Returns a per-unit report."""
     cfg = config or ReconConfig()
     model.eval()
     result = ReconResult()
+    float_weights = float_weights or FloatWeights(model)
     with Stream.of(batches, cfg.cap_mb) as cached:
         units = reconstruction_units(model, runs, blocks, cached)
         done = _resume(model, cfg, units, result)
@@ -354,7 +395,7 @@ def reconstruct(model: nn.Module, batches, runs: dict[str, Callable], blocks: di
                 if cfg.stop_after is not None and len(done) >= cfg.stop_after:
                     result.stopped_early = True
                     break
-                result.units.append(_reconstruct_unit(model, component, name, index, units, cached, runs, cfg, task))
+                result.units.append(_reconstruct_unit(model, component, name, index, units, cached, runs, cfg, task, float_weights))
                 done.append(name)
                 if cfg.checkpoint_dir is not None:
                     save_checkpoint(Path(cfg.checkpoint_dir) / "last", model,
@@ -382,14 +423,15 @@ def _resume(model: nn.Module, cfg: ReconConfig, units, result: ReconResult) -> l
     return list(state["done"])
 
 
-def _reconstruct_unit(model, component, name, index, units, cached, runs, cfg: ReconConfig, task) -> UnitReport:
+def _reconstruct_unit(model, component, name, index, units, cached, runs, cfg: ReconConfig, task,
+                      float_weights: FloatWeights) -> UnitReport:
     import time
 
     start = time.perf_counter()
     unit = model.get_submodule(name)
     run = runs[component]
     points = _unit_points(model, name)
-    with points_disabled(model):
+    with float_weights.full_precision(model):  # the full-precision model, not one with hardened upstream weights
         fp = record(model, [name], cached, run, what=("input", "output"), cap_mb=cfg.cap_mb)[name]
     fp_in, fp_out = fp["input"], fp["output"]
     q_in = capture_inputs(model, unit, cached, run, cap_mb=cfg.cap_mb)
@@ -398,7 +440,7 @@ def _reconstruct_unit(model, component, name, index, units, cached, runs, cfg: R
         if cfg.loss == "fisher":
             later = [q for _, later_name in units[index + 1:] for q in _unit_points(model, later_name)]
             unit_task = (task.get(component) if isinstance(task, dict) else task) or kl_task
-            grads = unit_gradients(model, unit, cached, run, unit_task, later, cfg.cap_mb)
+            grads = unit_gradients(model, unit, cached, run, unit_task, later, cfg.cap_mb, float_weights)
         before = _mean_error(unit, q_in, fp_out)
         learned = _Learned(unit, points, cfg)
         try:
@@ -407,9 +449,46 @@ def _reconstruct_unit(model, component, name, index, units, cached, runs, cfg: R
         finally:
             learned.finish()
         after = _mean_error(unit, q_in, fp_out)
-        return UnitReport(name, component, sum(a.alpha.numel() for _, a in learned.rounding), len(learned.scales),
+        return UnitReport(name, component, sum(a.alpha.numel() for _, _, a in learned.rounding), len(learned.scales),
                           before, after, round(time.perf_counter() - start, 2))
     finally:
         for s in (fp_in, fp_out, q_in, grads):
             if s is not None:
                 s.close()
+
+
+def reconstruct_scheduled(model: nn.Module, batches, runs: dict[str, Callable], blocks: dict[str, list[str]], config: ReconConfig,
+                          schedule: str = "joint", learn_act_scales: bool = True, act_iters: int | None = None,
+                          task: TaskLoss | dict[str, TaskLoss] | None = None) -> list[ReconResult]:
+    """:func:`reconstruct` in one pass or two. ``joint`` (QDrop): rounding and step sizes together.
+    ``weights-then-activations`` (BRECQ, Q-Diffusion): first the rounding with every activation point
+    off, then (with the rounding fixed) the step sizes, ``act_iters`` steps per unit (default: the
+    same as the first pass); the second pass is skipped when the model quantizes no activations.
+    With a checkpoint folder, a two-pass run keeps each pass in ``phase1``/``phase2`` below it."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown reconstruction schedule {schedule!r}", hint=f"use one of: {', '.join(SCHEDULES)}")
+    if schedule == "joint":
+        phases = [dict(learn_rounding=True, learn_act_scales=learn_act_scales)]
+    else:
+        phases = [dict(learn_rounding=True, learn_act_scales=False, quantize_activations=False)]
+        has_acts = any(q.role != "weight" and q.enabled for _, q in quantizers(model))
+        if learn_act_scales and has_acts:
+            phases.append(dict(learn_rounding=False, learn_act_scales=True, iters=act_iters if act_iters is not None else config.iters))
+    results = []
+    float_weights = FloatWeights(model)  # before any pass (or resume) hardens a weight
+    for i, phase in enumerate(phases):
+        folder = config.checkpoint_dir
+        if folder is not None and len(phases) > 1:
+            folder = Path(folder) / f"phase{i + 1}"
+        result = reconstruct(model, batches, runs, blocks, dataclasses.replace(config, **phase, checkpoint_dir=folder), task=task,
+                             float_weights=float_weights)
+        results.append(result)
+        if result.stopped_early:
+            break
+    return results
+
+
+def summarize(results: list[ReconResult]) -> dict:
+    """The per-unit reports of every pass, and whether the run resumed or stopped early."""
+    return {"units": [u.to_dict() for r in results for u in r.units], "resumed": sum(r.resumed for r in results),
+            "stopped_early": any(r.stopped_early for r in results)}
