@@ -314,3 +314,15 @@ def test_first_and_last_layers_stay_at_8_bits_unless_asked():
     every = vitq.quantize(tiny_unet(), vitq.QuantConfig(method="q-diffusion", bits="W4A8", options={**opts, "first_last_8bit": False}),
                           calib=calib, progress=False)
     assert every.conv_in.weight_quantizer.bits == every.conv_out.weight_quantizer.bits == 4
+
+
+def test_conditional_calibration_needs_and_uses_the_conditioning():
+    unet = tiny_cond_unet()
+    with pytest.raises(ConfigError, match="conditional"):
+        timestep_calibration(unet, scheduler(), steps=4, interval=2, per_step=2, progress=False)
+    context = torch.randn(3, 6, 16)
+    cal = timestep_calibration(unet, scheduler(), steps=4, interval=2, per_step=2, pool=3, batch_size=4, progress=False,
+                               conditioning={"encoder_hidden_states": context})
+    for batch in cal.batches:  # every input carries a row of the pool's conditioning
+        assert batch["encoder_hidden_states"].shape[0] == batch["sample"].shape[0]
+        assert all(any(torch.equal(row, c) for c in context) for row in batch["encoder_hidden_states"])

@@ -104,6 +104,11 @@ def timestep_calibration(unet: nn.Module, scheduler, steps: int = 100, interval:
         raise ConfigError(f"unknown calibration timesteps {where!r}", hint=f"use one of: {', '.join(WHERE)}")
     if interval <= 0 or per_step <= 0 or batch_size <= 0:
         raise ConfigError("interval, per_step and batch_size must be positive")
+    cross = getattr(unet.config, "cross_attention_dim", None)
+    if cross and "encoder_hidden_states" not in (conditioning or {}):
+        raise ConfigError("this UNet is conditional (cross-attention): its sampler needs the conditioning",
+                          hint="pass conditioning={'encoder_hidden_states': E} with one row per pool trajectory "
+                               "(e.g. prompt embeddings of your text encoder), or give calibration batches that hold them")
     s = sampler(scheduler, steps)
     chosen_steps = list(range(0, len(s.timesteps), interval))
     total = per_step * len(chosen_steps)
