@@ -397,7 +397,7 @@ def adapter_of(model: nn.Module) -> ModelAdapter:
 
 def describe_adapter(adapter: ModelAdapter) -> dict:
     """A JSON-able summary: components, heads, blocks per component and one block's roles."""
-    first = {c: adapter.roles[b[0]] for c, b in adapter.blocks_by_component.items() if b}
+    first = {c: adapter.roles[b[0]] for c, b in adapter.blocks_by_component.items() if b and b[0] in adapter.roles}
     return {"name": adapter.name, "components": {c: list(p) for c, p in adapter.components.items()}, "heads": list(adapter.heads),
             "blocks": {c: len(b) for c, b in adapter.blocks_by_component.items()},
             "roles": {c: {k: v for k, v in r.__dict__.items() if v} for c, r in first.items()}}
