@@ -89,7 +89,7 @@ def main() -> None:
     if ablations:
         print(f"\nAblations at {args.ablation_spec}\n")
         print(table(ablations))
-    common.finish(args, {"benchmark": "liu2021", "args": vars(args), "rows": rows, "ablations": ablations})
+    common.finish(args, {"benchmark": "liu2021", "args": {k: v for k, v in vars(args).items() if k != "calib_data"}, "rows": rows, "ablations": ablations})
 
 
 if __name__ == "__main__":

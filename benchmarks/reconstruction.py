@@ -146,7 +146,7 @@ def main() -> None:
         del model
     print(f"\nBlock reconstruction ({args.num_calib} calibration images, {args.limit or 'all'} test images per set)\n")
     print(table(rows))
-    common.finish(args, {"benchmark": "reconstruction", "args": vars(args), "rows": rows})
+    common.finish(args, {"benchmark": "reconstruction", "args": {k: v for k, v in vars(args).items() if k != "calib_data"}, "rows": rows})
 
 
 if __name__ == "__main__":
