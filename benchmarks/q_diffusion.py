@@ -27,10 +27,13 @@ from pathlib import Path
 import common
 import torch
 
+from vitq.config import parse_bits
 from vitq.data.diffusion import initial_noise, sample, timestep_calibration
 from vitq.eval.cost import compute_cost, model_size
 from vitq.eval.generation import DeiTScorer, generation_metrics, real_images
+from vitq.methods.qdiffusion import eight_bit_ends as eight_bit_ends_of
 from vitq.models.loading import load_scheduler
+from vitq.models.unet import sample_shape
 
 SPECS = ("W8A32", "W4A32", "W8A8", "W4A8")
 FULL = dict(samples=500, steps=50, interval=5, per_step=128, iters=500, act_iters=200, reals=1000)
@@ -51,11 +54,6 @@ def rows_for(spec: str, ablation: bool) -> list[tuple[str, str, str, dict | None
                  ("q-diffusion", "q-diffusion (no split)", "uniform", {"split_shortcuts": False}, True),
                  ("q-diffusion", "q-diffusion (every layer at the spec)", "uniform", {"first_last_8bit": False}, False)]
     return rows
-
-
-def first_last_plan(spec: str) -> dict:
-    activations = "32" if spec.endswith("A32") else "8"
-    return {name: f"W8A{activations}" for name in ("conv_in", "conv_out")}
 
 
 def grid_png(panels: list[tuple[str, torch.Tensor]], path: Path, per_side: int = 8) -> None:
@@ -119,7 +117,7 @@ def main() -> None:
             setattr(args, key, value)
     model = common.setup(args)
     scheduler = load_scheduler(model)
-    shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    shape = sample_shape(model)
     noise = initial_noise(args.samples, shape, args.seed + 1)
     scorer = DeiTScorer()
     reals = scorer(real_images(args.reals, size=shape[-1], seed=args.seed))[0]
@@ -134,11 +132,12 @@ def main() -> None:
     print(table(rows), flush=True)
     q_options = dict(iters=args.iters, act_iters=args.act_iters)
     for spec in args.specs.split(","):
-        for method, label, where, options, eight_bit_ends in rows_for(spec, args.ablation):
+        for method, label, where, options, ends in rows_for(spec, args.ablation):
             name = "minmax" if method == "linear" else "q-diffusion"
             opts = q_options if options is None else (dict(q_options, **options) if method == "q-diffusion" else options)
             args.calib_data = calib[where].batches
-            plan = first_last_plan(spec) if (method == "linear" and eight_bit_ends) else None  # q-diffusion: its own option
+            # the linear rows get q-diffusion's 8-bit ends as a bit plan (q-diffusion: its own option)
+            plan = eight_bit_ends_of(model, parse_bits(spec).a) if (method == "linear" and ends) else None
             q, seconds = common.quantize_timed(model, name, spec, ("image",), args, bit_plan=plan, **opts)
             row, images = measure(q, label, method, spec, labels[where], seconds, noise, scheduler, fp, reals, scorer, args)
             rows.append(row)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..models.unet import noise_prediction
+from ..models.unet import noise_prediction, sample_shape
 
 WHERE = ("uniform", "last")
 
@@ -116,10 +116,7 @@ def timestep_calibration(unet: nn.Module, scheduler, steps: int = 100, interval:
         chosen_steps = [len(s.timesteps) - 1]
     need = total if where == "last" else per_step
     pool = max(pool or need, need)
-    if shape is None:
-        cfg = unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
-        shape = (cfg.in_channels, size, size)
+    shape = shape or sample_shape(unet)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(pool, *shape, generator=g)
     picks = {i: torch.randperm(pool, generator=g)[:need].sort().values for i in chosen_steps}

@@ -148,11 +148,12 @@ def evaluate_generation(model, reference=None, real=None, samples: int = 500, st
     SSIM against the ``reference`` (full-precision) model's samples from the same noise."""
     from ..data.diffusion import initial_noise, sample
     from ..models.loading import load_scheduler
+    from ..models.unet import sample_shape
 
     scheduler = scheduler or load_scheduler(model)
-    cfg = model.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
-    noise = initial_noise(samples, (cfg.in_channels, size, size), seed)
+    shape = sample_shape(model)
+    size = shape[-1]
+    noise = initial_noise(samples, shape, seed)
     images = sample(model, scheduler, noise, steps, progress=progress)
     ref = sample(reference, scheduler, noise, steps, progress=progress, desc="sampling the reference") if reference is not None else None
     scorer = DeiTScorer()

@@ -117,14 +117,18 @@ def unet_scheme(cfg: QuantConfig, opts: QDiffusionOptions) -> dict:
     return scheme  # post-Softmax probabilities stay unsigned (the paper's always_zero)
 
 
-def first_last_plan(model, cfg: QuantConfig) -> BitPlan:
-    """The config's bit plan with the UNet's first and last layers at 8 bits (activations as the
-    spec says, so W4A32 stays weights-only); the user's own rules still win."""
+def eight_bit_ends(model, a_bits: int) -> dict[str, str]:
+    """Bit-plan rules putting the UNet's first and last layers at 8 bits (activations at 8, or
+    kept in full precision for an A32 spec)."""
     from ..models.unet import first_and_last_layers
 
-    spec = f"W8A{min(8, cfg.a_bits) if cfg.a_bits < 32 else 32}"
-    rules = [(name, spec) for name in first_and_last_layers(model)]
-    return BitPlan(rules + list(cfg.plan.rules))
+    spec = "W8A32" if a_bits >= 32 else f"W8A{min(8, a_bits)}"
+    return {name: spec for name in first_and_last_layers(model)}
+
+
+def first_last_plan(model, cfg: QuantConfig) -> BitPlan:
+    """The config's bit plan with :func:`eight_bit_ends` first; the user's own rules still win."""
+    return BitPlan(list(eight_bit_ends(model, cfg.a_bits).items()) + list(cfg.plan.rules))
 
 
 def calibration_set(model, calib, opts: QDiffusionOptions, seed: int, progress: bool):

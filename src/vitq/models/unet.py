@@ -160,14 +160,21 @@ class UNetAdapter(ModelAdapter):
         """Zero inputs of the model's own sample size, for cost accounting and tracing."""
         inner = unwrap(model)
         cfg = inner.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
         p = next(inner.parameters())
-        out = {"sample": torch.zeros(batch, cfg.in_channels, size, size, dtype=p.dtype, device=p.device),
+        out = {"sample": torch.zeros(batch, *sample_shape(inner), dtype=p.dtype, device=p.device),
                "timestep": torch.full((batch,), 500, device=p.device)}
         cross = getattr(cfg, "cross_attention_dim", None)
         if cross:
             out["encoder_hidden_states"] = torch.zeros(batch, 8, cross if isinstance(cross, int) else cross[0], dtype=p.dtype, device=p.device)
         return out
+
+
+def sample_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) of one sample the UNet denoises (``sample_size`` may be one int)."""
+    cfg = unwrap(model).config
+    size = cfg.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+    return int(cfg.in_channels), int(height), int(width)
 
 
 def unet_adapter(model: nn.Module) -> UNetAdapter:
@@ -251,4 +258,4 @@ def noise_prediction(model: nn.Module, sample: torch.Tensor, timestep, **conditi
     return unwrap(model)(sample, timestep, **conditioning, return_dict=False)[0]
 
 
-__all__ = ["UNetAdapter", "QuantAttnProcessor", "is_unet", "unet_adapter", "skip_splits", "first_and_last_layers", "prepare_unet", "noise_prediction"]
+__all__ = ["UNetAdapter", "QuantAttnProcessor", "is_unet", "unet_adapter", "skip_splits", "first_and_last_layers", "sample_shape", "prepare_unet", "noise_prediction"]
