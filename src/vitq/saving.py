@@ -271,5 +271,6 @@ def load(folder: str | Path) -> nn.Module:
                 weight = model.get_submodule(name).weight
                 weight.qdata.copy_(codes)
                 weight.scale.copy_(scale.view_as(weight.scale))
+    model.eval()  # the modules rebuilt above were created in training mode
     model.vitq_info = meta["info"]
     return model

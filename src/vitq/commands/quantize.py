@@ -134,6 +134,8 @@ def run(args) -> int:
 
     method = get_method(cfg.method)  # fail on an unknown method or option before any slow work
     checkpoints = _checkpoint_options(method, cfg, args)
+    if "train_data" in {name for name, _, _ in method.options.describe()} and args.calib and not cfg.options.get("train_data"):
+        cfg.options = {**cfg.options, "train_data": args.calib}  # a method that trains (p4q) learns on the --calib images
     method.parse_options(cfg.options)
     needs_calib = method.needs_calibration
     if not needs_calib and args.calib:

@@ -41,6 +41,7 @@ _ALIASES = {"zeroshot": "zero-shot", "zero_shot": "zero-shot", "linear_probe": "
 _TASK_ONLY = {
     "train_data": ("linear-probe", "--train-data"),
     "train_limit": ("linear-probe", "--train-limit"),
+    "probe_bits": ("linear-probe", "probe_bits"),
     "plot": ("fidelity", "--plot"),
 }
 

@@ -35,9 +35,27 @@ def _logistic(c: float, seed: int):
     return LogisticRegression(C=c, solver="lbfgs", max_iter=1000, random_state=seed)
 
 
+def quantized_classifier(probe, scaler, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted probe as one linear layer on raw features (the standardisation folded in), its
+    weights quantized per class with symmetric MinMax at ``bits`` (P4Q's Quantized Linear Probe)."""
+    from ..quant import UniformQuantizer
+
+    weight = probe.coef_ / scaler.scale_[None]
+    bias = probe.intercept_ - weight @ scaler.mean_
+    if weight.shape[0] == 1:  # two classes: scikit-learn keeps one row, the margin of class 1
+        weight, bias = np.concatenate([-weight / 2, weight / 2]), np.concatenate([-bias / 2, bias / 2])
+    w = torch.from_numpy(weight).float()
+    q = UniformQuantizer(bits, symmetric=True, axis=0)
+    amax = w.abs().amax(1)
+    q.set_range(-amax, amax)
+    with torch.no_grad():
+        return q(w).numpy(), bias
+
+
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-              c_values=DEFAULT_C_VALUES, val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Choose C on a held-out split of the training data, refit on all of it, score top-1 on the test data."""
+              c_values=DEFAULT_C_VALUES, val_fraction: float = 0.2, seed: int = 0, bits: int | None = None) -> dict:
+    """Choose C on a held-out split of the training data, refit on all of it, score top-1 on the test
+    data; with ``bits``, score the classifier with its weights quantized (:func:`quantized_classifier`)."""
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
@@ -59,8 +77,13 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
         best_c = max(sweep, key=lambda c: (sweep[c], -abs(np.log10(c))))  # ties: the more moderate C
         scaler = StandardScaler().fit(train_x)
         probe = _logistic(best_c, seed).fit(scaler.transform(train_x), train_y)
-    top1 = float((probe.predict(scaler.transform(test_x)) == test_y).mean())
-    return {"top1": top1, "C": best_c, "val_top1_by_C": sweep}
+    if bits is None:
+        predicted = probe.predict(scaler.transform(test_x))
+    else:
+        weight, bias = quantized_classifier(probe, scaler, bits)
+        predicted = probe.classes_[np.argmax(test_x @ weight.T + bias, axis=1)]
+    top1 = float((predicted == test_y).mean())
+    return {"top1": top1, "C": best_c, "val_top1_by_C": sweep, "bits": bits}
 
 
 def linear_probe(model, data, opts: EvalOptions, reference=None) -> dict:
@@ -84,7 +107,7 @@ def linear_probe(model, data, opts: EvalOptions, reference=None) -> dict:
     if distributed.is_main():  # one fit, shared: every rank returns the same numbers
         fitted = fit_probe(tr.outputs[0].numpy(), tr.targets.numpy(), te.outputs[0].numpy(),
                            to_train_label[te.targets].numpy(), opts.c_values or DEFAULT_C_VALUES,
-                           opts.val_fraction, opts.seed)
+                           opts.val_fraction, opts.seed, opts.probe_bits)
     fitted = distributed.from_main(fitted)
     return {
         "num_examples": te.count,
@@ -94,4 +117,5 @@ def linear_probe(model, data, opts: EvalOptions, reference=None) -> dict:
         "train_data": describe(opts.train_data),
         "C": fitted["C"],
         "val_top1_by_C": fitted["val_top1_by_C"],
+        "classifier_bits": fitted["bits"],
     }

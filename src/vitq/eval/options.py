@@ -29,6 +29,7 @@ class EvalOptions:
     label_map: str = "auto"  # top1: "auto", "names" or "index"
     c_values: Sequence[float] | None = None  # linear probe: the sweep of C (default: 10^-4 … 10^4)
     val_fraction: float = 0.2  # linear probe: share of the training data held out to choose C
+    probe_bits: int | None = None  # linear probe: quantize the fitted classifier's weights (MinMax, P4Q's QLP)
     cost: bool = False  # also report size and FLOPs/BOPs
     checkpoint: str | Path | None = None  # folder for resumable passes over images
     resume: bool = False  # continue from the batches saved in ``checkpoint``

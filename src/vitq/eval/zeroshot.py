@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..data.preprocess import image_transform
 from ..errors import ModelError
+from ..models.prompting import learned_prompt, prompt_tokens, prompted_text_features, text_length_limit
 from .datasets import open_images
 from .features import image_embeddings, is_dual_encoder, run_images
 from .metrics import normalize, topk_accuracy
@@ -25,8 +28,15 @@ def zero_shot(model, data, opts: EvalOptions, reference=None) -> dict:
     templates = resolve_templates(opts.templates)
     tokenizer = resolve_tokenizer(model, opts.tokenizer)
     dataset = open_images(data, opts.transform or image_transform(model, preprocess=opts.preprocess), opts.limit, opts.seed, opts.skip_bad)
-    weights = class_embeddings(model, tokenizer, dataset.class_names, templates, opts.text_batch_size,
-                               opts.cache_dir, opts.progress)
+    prompt = learned_prompt(model)
+    if prompt is not None:  # a P4Q model: its learned prompt replaces the templates
+        tokens = prompt_tokens(tokenizer, dataset.class_names, prompt.n_ctx, prompt.position, text_length_limit(model, tokenizer))
+        with torch.no_grad():
+            weights = normalize(prompted_text_features(model, tokens).float()).cpu()
+        templates = [f"learned prompt ({prompt.n_ctx} context vectors, class name at the {prompt.position})"]
+    else:
+        weights = class_embeddings(model, tokenizer, dataset.class_names, templates, opts.text_batch_size,
+                                   opts.cache_dir, opts.progress)
     device = model  # run_images takes its device and dtype
     images = run_images(dataset, lambda x: image_embeddings(model, x), device, opts.batch_size, opts.num_workers,
                         desc="zero-shot", progress=opts.progress, checkpoint=opts.checkpointer())

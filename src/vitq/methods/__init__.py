@@ -15,7 +15,7 @@ from typing import Callable
 from ..errors import ConfigError
 from .options import MethodOptions, NoOptions
 
-_METHOD_MODULES = ("baseline", "repq", "dynamic", "recon", "liu2021", "qdiffusion")
+_METHOD_MODULES = ("baseline", "repq", "dynamic", "recon", "liu2021", "qdiffusion", "p4q")
 _REGISTRY: dict[str, "MethodInfo"] = {}
 _loaded = False
 

@@ -28,9 +28,11 @@ def saveable(cls: type) -> type:
     return cls
 
 
+from .prompt import AdaptedProjection, LearnedPrompt, QAdapter  # noqa: E402
 from .split import SplitQuantConv2d  # noqa: E402
 
-for _cls in (QuantLinear, QuantConv2d, QuantLayerNorm, QuantMatMul, InputAffine, SplitQuantConv2d):
+for _cls in (QuantLinear, QuantConv2d, QuantLayerNorm, QuantMatMul, InputAffine, SplitQuantConv2d, LearnedPrompt, QAdapter,
+             AdaptedProjection):
     saveable(_cls)
 
 
