@@ -10,29 +10,33 @@ import os
 import torch
 
 
-def test_two_processes_train_like_one(tmp_path):
-    """Under torchrun each process takes half of every batch; averaged gradients give the
-    one-process weights. Launched as a fresh torchrun job, as users run it."""
+def two_processes_and_one(worker_name: str, tmp_path) -> tuple[dict, dict]:
+    """Run ``tests/<worker_name>.py`` as a fresh two-process torchrun job (gloo), as users run it,
+    and its ``main`` in this process; return the two state dicts they saved."""
+    import importlib
     import subprocess
     import sys
 
-    from ddp_train_worker import main as train_once
-
-    worker = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
+    worker = os.path.join(os.path.dirname(__file__), f"{worker_name}.py")
     env = dict(os.environ, VITQ_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    out = tmp_path / "ddp.pt"
+    out, single = tmp_path / "ddp.pt", tmp_path / "single.pt"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker, str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    single = tmp_path / "single.pt"
     threads = torch.get_num_threads()
     try:
-        train_once(str(single))  # sets one thread, as each torchrun worker does
+        importlib.import_module(worker_name).main(str(single))  # sets one thread, as each torchrun worker does
     finally:
         torch.set_num_threads(threads)  # later tests (export checks) run with the usual threads
-    a, b = torch.load(out, weights_only=True), torch.load(single, weights_only=True)
+    return torch.load(out, weights_only=True), torch.load(single, weights_only=True)
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """Under torchrun each process takes half of every batch; averaged gradients give the
+    one-process weights."""
+    a, b = two_processes_and_one("ddp_train_worker", tmp_path)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
@@ -40,26 +44,9 @@ def test_two_processes_train_like_one(tmp_path):
 def test_two_processes_train_the_prompt_and_adapter_like_one(tmp_path):
     """Data parallel P4Q under torchrun (gloo): each process takes half of every batch, the averaged
     gradients give the parameters of one process with the same global batch."""
-    import subprocess
-    import sys
-
-    from p4q_ddp_worker import main as train_once
-
-    worker = os.path.join(os.path.dirname(__file__), "p4q_ddp_worker.py")
-    env = dict(os.environ, VITQ_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    out = tmp_path / "ddp.pt"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker, str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    threads = torch.get_num_threads()
-    try:
-        train_once(str(tmp_path / "one.pt"))
-    finally:
-        torch.set_num_threads(threads)
-    a, b = torch.load(out, weights_only=True), torch.load(tmp_path / "one.pt", weights_only=True)
     from p4q_ddp_worker import toy_setup
+
+    a, b = two_processes_and_one("p4q_ddp_worker", tmp_path)
 
     _, _, _, prompt, projection = toy_setup()
     start = {"prompt.ctx": prompt.ctx, "adapter.fc1.weight": projection.adapter.fc1.weight, "adapter.fc2.weight": projection.adapter.fc2.weight}

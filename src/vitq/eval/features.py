@@ -55,13 +55,7 @@ def text_embeddings(model, tokenizer, texts: Sequence[str], max_length: int | No
     return as_tensor(model.get_text_features(**kwargs))
 
 
-def text_max_length(model, tokenizer) -> int | None:
-    """The longest input both the tokenizer and the text tower's position table allow."""
-    config = getattr(model, "config", None)
-    text = getattr(config, "text_config", None) or config
-    limits = [getattr(text, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
-    return min(limits) if limits else None
+from ..models.tokenizers import text_max_length  # noqa: E402,F401  (the evaluators import it from here)
 
 
 def classifier_head(model):

@@ -31,6 +31,7 @@ from torch import nn
 from ..config import QuantConfig
 from ..errors import ConfigError
 from . import MethodResult, get_method, register
+from .common import run_identity
 from .options import MethodOptions
 
 DEFAULT_TRAIN_LIMIT = 5000
@@ -153,9 +154,11 @@ def image_features(model, dataset, batch_size: int, desc: str, progress: bool) -
 
 
 @torch.no_grad()
-def template_text_features(model, tokenizer, class_names, template: str = "a photo of a {}.") -> torch.Tensor:
+def template_text_features(model, tokenizer, class_names, template: str | None = None) -> torch.Tensor:
+    from ..data.calibration import CALIB_TEMPLATE
     from ..models.families import family_of
 
+    template = template or CALIB_TEMPLATE
     tok = tokenizer([template.format(c) for c in class_names], padding=True, truncation=True, return_tensors="pt")
     return family_of(model).run(model, "text", dict(tok)).float().cpu()
 
@@ -185,18 +188,11 @@ def refresh_prompt_scale(model, prompt, tokens) -> None:
     from ..models.prompting import token_table
 
     with torch.no_grad():
-        embeds = prompt.assemble(token_table(model)(tokens.input_ids), tokens.ctx_index)
-        q = prompt.input_quantizer
-        q.set_mode("fp")
-        q.observer = None
-        q.set_mode("calib")
-        q(embeds)
-        q.finish_calibration()
-        q.set_mode("quant")
+        prompt.input_quantizer.calibrate_on([prompt.assemble(token_table(model)(tokens.input_ids), tokens.ctx_index)])
 
 
 def train_prompt_adapter(model, data: P4QData, opts: P4QOptions, seed: int = 0, progress: bool = True, prompt=None,
-                         projection=None):
+                         projection=None, context: str | None = None):
     """Train ``prompt`` (a LearnedPrompt, or None: the template features) and ``projection`` (an
     AdaptedProjection, or None) on the cached ``data``; returns the loop's state."""
     from ..models.prompting import prompted_text_features
@@ -247,7 +243,7 @@ def train_prompt_adapter(model, data: P4QData, opts: P4QOptions, seed: int = 0, 
 
     config = TrainConfig(epochs=opts.epochs, batch_size=min(opts.batch_size, len(data.labels)), seed=seed, grad_clip=1.0,
                          checkpoint_dir=opts.checkpoint_dir, resume=opts.resume, stop_after=opts.stop_after,
-                         progress=progress, desc=None)
+                         progress=progress, desc=None, context=context)
     if projection is not None:
         projection.adapter.calibrate_inputs(data.student_features)
     initial = full_loss()
@@ -314,7 +310,7 @@ def p4q(model, calib, cfg: QuantConfig, opts: P4QOptions, progress: bool = True)
         dim = student_image.shape[1]
         projection = attach_image_adapter(model, QAdapter(dim, max(1, dim // opts.adapter_reduction), opts.adapter_bits), opts.adapt_ratio)
     with torch.enable_grad():
-        state = train_prompt_adapter(model, data, opts, cfg.seed, progress, prompt, projection)
+        state = train_prompt_adapter(model, data, opts, cfg.seed, progress, prompt, projection, context=run_identity(cfg))
     record = {
         "base": base.name if base is not None else "none", "train_data": str(opts.train_data), "train_images": len(dataset), "classes": len(names),
         "epochs": opts.epochs, "batch_size": opts.batch_size, "prompt": opts.prompt, "adapter": opts.adapter,

@@ -187,7 +187,7 @@ def prompted_text_features(model: nn.Module, tokens: PromptTokens, prompt: Learn
 
 
 def text_length_limit(model: nn.Module, tokenizer) -> int:
-    _, text, _ = _towers(model)
-    limits = [getattr(text.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
-    return min(limits + [77])
+    """The longest prompt the tokenizer and the text tower allow (CLIP's 77 where neither says)."""
+    from .tokenizers import text_max_length
+
+    return text_max_length(model, tokenizer) or 77

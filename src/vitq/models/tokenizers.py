@@ -45,3 +45,12 @@ def resolve_tokenizer(model, tokenizer=None):
                          hint="pass tokenizer=… (or --tokenizer PATH_OR_HUB_ID) naming a folder with tokenizer files") from None
     check_tokenizer(loaded, model, str(where))
     return loaded
+
+
+def text_max_length(model, tokenizer) -> int | None:
+    """The longest input both the tokenizer and the text tower's position table allow."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    limits = [getattr(text, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else None

@@ -96,16 +96,9 @@ class QAdapter(nn.Module):
         """Fix both input scales from ``features`` (min/max; the second layer's from what the first
         gives now)."""
         self.refresh_weight_scales()
-        for fc in self.layers():
-            fc.input_quantizer.set_mode("fp")
-            fc.input_quantizer.observer = None
-        for fc, upstream in ((self.fc1, None), (self.fc2, self.fc1)):
-            fc.input_quantizer.set_mode("calib")
-            for i in range(0, len(features), batch_size):
-                x = features[i:i + batch_size]
-                fc.input_quantizer(x if upstream is None else self.act(upstream(x)))
-            fc.input_quantizer.finish_calibration()
-            fc.input_quantizer.set_mode("quant")
+        chunks = features.split(batch_size)
+        self.fc1.input_quantizer.calibrate_on(chunks)
+        self.fc2.input_quantizer.calibrate_on(self.act(self.fc1(x)) for x in chunks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():  # a training step: the weight scales follow the weights

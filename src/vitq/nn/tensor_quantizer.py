@@ -124,6 +124,17 @@ class TensorQuantizer(nn.Module):
             self.quantizer.set_range(lo, hi)
         self.observer = None
 
+    @torch.no_grad()
+    def calibrate_on(self, tensors) -> None:
+        """Forget what was observed, observe ``tensors`` (an iterable), fix the scale and quantize from
+        now on: a point whose input changes while something trains (P4Q's prompt and adapter)."""
+        self.observer = None
+        self.set_mode("calib")
+        for x in tensors:
+            self.observe(x)
+        self.finish_calibration()
+        self.set_mode("quant")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.mode == "fp":
             return x

@@ -55,6 +55,7 @@ class TrainConfig:
     drop_last: bool = True  # drop the ragged last batch
     progress: bool = True
     desc: str | None = None  # progress-bar label (default "epoch k/n")
+    context: str | None = None  # what a checkpoint must match to be resumed (a method's settings)
 
     def __post_init__(self):
         if self.epochs <= 0 or self.batch_size <= 0:
@@ -121,6 +122,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, num_examples: int,
             raise ConfigError("resume needs a checkpoint folder", hint="pass checkpoint_dir (--run-dir)")
         if (folder / LAST / "state.json").is_file():
             saved = load_checkpoint(folder / LAST, model, optimizer, scheduler)
+            if saved.get("context") != config.context:
+                raise ConfigError(f"the checkpoint in {folder} was written by a run with other settings",
+                                  hint="resume with the settings it was started with, or start afresh in a new checkpoint folder")
             state = TrainState(saved["epoch"], saved["history"], saved["train_seconds"])
             if config.stop_after is not None and config.stop_after <= state.epoch:
                 raise ConfigError(f"stop_after {config.stop_after}: the checkpoint is already past epoch {state.epoch}",
@@ -165,7 +169,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, num_examples: int,
         state.train_seconds += seconds
         state.epoch = epoch + 1
         if folder is not None and is_main():
-            save_checkpoint(folder / LAST, model, optimizer, scheduler, state.to_dict())
+            save_checkpoint(folder / LAST, model, optimizer, scheduler, {**state.to_dict(), "context": config.context})
             if config.keep_epochs:
                 from safetensors.torch import save_file
 
