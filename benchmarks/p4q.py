@@ -12,7 +12,7 @@ CIFAR-10 test set (10,000 images) for evaluation.
   zero-shot on CIFAR-10 and Imagenette.
 
     python benchmarks/p4q.py [--specs 4-4-8] [--rows fp,fp-prompt,fp-probe,minmax,ema,percentile,omse,qlp,p4q]
-        [--epochs N] [--train-limit N] [--skip-ablations] [--generalization] [--limit 0] [--json out.json]
+        [--epochs N] [--train-limit N] [--skip-ablations | --ablations 'n_ctx 4,ratio 0.5'] [--generalization] [--limit 0] [--json out.json]
 
 Zero-shot rows use the 7-template ensemble, P4Q rows their learned prompt. Calibration (320 images)
 and training images come from the CIFAR-10 train zip, as with ``vitq quantize --calib``.
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--ablation-spec", default="4-4-8")
     p.add_argument("--skip-ablations", action="store_true")
+    p.add_argument("--ablations", default="", help="comma-separated ablation names to run (default: all), e.g. 'n_ctx 4,ratio 0.5'")
     p.add_argument("--generalization", action="store_true")
     p.add_argument("--epochs", type=int, default=None, help="P4Q epochs (default: the method's)")
     p.add_argument("--train-limit", type=int, default=0, help="training images (0: the method's default)")
@@ -108,7 +109,13 @@ def main() -> None:
             emit(dict(p4q_row(model, calib, spec, args, tokenizer), method="+ P4Q", bits=spec))
     ablations = []
     if not args.skip_ablations:
+        chosen = [a.strip() for a in args.ablations.split(",") if a.strip()]
+        unknown = set(chosen) - {name for name, _ in ABLATIONS}
+        if unknown:
+            raise SystemExit(f"unknown ablations {sorted(unknown)}; known: {', '.join(name for name, _ in ABLATIONS)}")
         for name, options in ABLATIONS:
+            if chosen and name not in chosen:
+                continue
             ablations.append(dict(p4q_row(model, calib, args.ablation_spec, args, tokenizer, **options), method=name, bits=args.ablation_spec))
             print(table(ablations[-1:]), flush=True)
     general = []

@@ -83,8 +83,15 @@ def test_quantize_info_reload(clip_folder, calib_dir, tmp_path, capsys, bits):
     assert torch.nn.functional.cosine_similarity(a, c).max() < 0.99999
     # the same seed gives the same scales
     out2 = tmp_path / (bits + "-again")
-    run_cli("quantize", "--model", clip_folder, "--bits", bits, "--calib", calib_dir, "--num-calib", 16, "--out", out2, "--seed", 3, "--quiet")
+    summary = tmp_path / "runs" / "quantize.json"
+    run_cli("quantize", "--model", clip_folder, "--bits", bits, "--calib", calib_dir, "--num-calib", 16, "--out", out2, "--seed", 3,
+            "--quiet", "--json", summary)
     assert (out / "quant_state.json").read_text() == (out2 / "quant_state.json").read_text()
+    import json
+
+    written = json.loads(summary.read_text())
+    assert written["method"] == "minmax" and written["bits"] == vitq.QuantConfig(bits=bits).bits and written["out"] == str(out2)
+    assert written["vitq_info"] == json.loads((out2 / "vitq_config.json").read_text())["info"]
 
 
 @needs_data("cifar10")

@@ -76,3 +76,16 @@ def test_the_check_sees_function_level_and_relative_imports(tmp_path, monkeypatc
     (pkg / "quant" / "bad.py").write_text("def f():\n    from ..methods import get_method\n    return get_method\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", pkg)
     assert wrong_way_imports() == ["vitq/quant/bad.py:2 (quant) imports vitq.methods (methods)"]
+
+
+def test_install_hints_work_from_a_checkout():
+    """vitq is not on a package index: no hint or doc may tell users to `pip install "vitq[...]"`."""
+    import re
+
+    top = ROOT.parents[1]
+    files = [*ROOT.rglob("*.py"), top / "README.md", *(top / "docs").rglob("*.md")]
+    offenders = [f"{p.relative_to(top)}: {m.group(0)}" for p in files for m in re.finditer(r"""pip install ['"]?vitq\[""", p.read_text())]
+    assert not offenders, offenders
+    from vitq.errors import install_hint
+
+    assert 'pip install -e ".[diffusion]"' in install_hint("diffusion", "diffusers")

@@ -39,6 +39,22 @@ def test_folder_is_inspectable_and_packed(models, tmp_path):
     assert point["bits"] == 4 and point["kind"] == "uniform" and point["axis"] == 0 and len(point["scale"]) == w.shape[0]
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result must be readable as open() would leave it."""
+    import os
+
+    from vitq.io_utils import write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "r.json", {"a": 1})
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+        os.umask(0o027)
+        assert oct(write_json(tmp_path / "g.json", {}).stat().st_mode & 0o777) == oct(0o640)
+    finally:
+        os.umask(old)
+
+
 def test_refuses_existing_folder_and_file(models, tmp_path):
     q = vitq.quantize(models["ViTModel"], vitq.QuantConfig(), calib=[sample_inputs()["pixel_values"]], progress=False)
     vitq.save(q, tmp_path / "m")

@@ -30,3 +30,8 @@ class ModelError(VitqError):
 
 class IntegrityError(VitqError):
     """A saved folder whose files are missing or were edited after saving."""
+
+
+def install_hint(extra: str, packages: str) -> str:
+    """How to add an optional dependency: vitq is installed from a checkout, not from a package index."""
+    return f'pip install {packages}, or from the vitq checkout: pip install -e ".[{extra}]"'

@@ -34,6 +34,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     # The temp file lives in the same folder so that os.replace is a rename, not a copy.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it what open() would (0666 less the umask, usually 0644)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -46,6 +48,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:

@@ -32,6 +32,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", metavar="OUT", help="also write a JSON summary of the run here (atomically)")
     p.add_argument("--list-methods", action="store_true", help="print the known methods with their options and defaults, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--checkpoint-dir", help="methods that learn (recon): write a checkpoint after every block here "
@@ -142,6 +143,9 @@ def run(args) -> int:
         raise ConfigError(f"the {cfg.method} method takes no calibration data, but --calib was given",
                           hint=f"drop --calib, or choose a calibrated method (see --list-methods)")
     check_output_dir(args.out, args.overwrite)
+    from ..io_utils import check_output_file
+
+    check_output_file(args.json, "--json")
     from ..models.loading import model_dtype
 
     dtype = str(model_dtype(args.dtype)).removeprefix("torch.")
@@ -183,6 +187,13 @@ def run(args) -> int:
     print(f"quantized {args.model} with {cfg.method} at {cfg.bits} ({', '.join(comps)}) "
           f"in {info['calibration_seconds']:.1f}s; saved to {args.out}")
     recon = info.get("recon") or info.get("q_diffusion") or {}
+    if args.json:
+        from ..io_utils import write_json
+
+        write_json(args.json, {"command": "quantize", "model": args.model, "out": str(args.out), "method": cfg.method,
+                               "bits": cfg.bits, "components": list(comps), "seed": cfg.seed,
+                               "calibration_seconds": info["calibration_seconds"], "stopped_early": bool(recon.get("stopped_early")),
+                               "vitq_info": info})
     if recon.get("stopped_early"):
         print(f"stopped early as asked, after {len(recon['units'])} blocks: the saved model is partly reconstructed; "
               f"run the same command with --resume to finish it (checkpoints in {checkpoints})")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, install_hint
 from .onnx_qdq import read_export_meta
 from .towers import SIGNATURES
 
@@ -90,7 +90,7 @@ def make_runner(path, runtime: str = "onnxruntime", threads: int | None = None, 
         try:
             import openvino  # noqa: F401
         except ImportError:
-            raise ConfigError("the openvino runtime is not installed", hint="pip install 'vitq[deploy]' (or pip install openvino)") from None
+            raise ConfigError("the openvino runtime is not installed", hint=install_hint("deploy", "openvino")) from None
         return _OpenVinoRunner(path, threads, **options)
     raise ConfigError(f"unknown runtime {runtime!r}", hint=f"use one of: {', '.join(RUNTIMES)}")
 

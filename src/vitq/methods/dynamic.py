@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import QuantConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, install_hint
 from ..models.families import component_of, family_of
 from ..models.prepare import resolve_components
 from . import MethodResult, register
@@ -97,7 +97,7 @@ def _torchao():
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
         raise ConfigError(
-            "the dynamic method needs torchao", hint='pip install "vitq[dynamic]" (torchao)'
+            "the dynamic method needs torchao", hint=install_hint("dynamic", "torchao")
         ) from None
     return quantize_, Int8DynamicActivationInt8WeightConfig
 

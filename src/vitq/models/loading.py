@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, install_hint
 from .families import SUPPORTED_CLASSES
 
 # PyTorch checkpoints are read only with torch.load(weights_only=True): tensors, never code.
@@ -76,7 +76,7 @@ def load_scheduler(source, kind: str = "ddim"):
     try:
         import diffusers
     except ImportError:
-        raise ModelError("sampling a diffusion model needs diffusers", hint='pip install "vitq[diffusion]"') from None
+        raise ModelError("sampling a diffusion model needs diffusers", hint=install_hint("diffusion", "diffusers")) from None
     classes = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}
     if kind not in classes:
         raise ModelError(f"unknown scheduler {kind!r}", hint="use ddim or ddpm")
@@ -113,7 +113,7 @@ def _class_for_folder(folder: Path):
         if cls is not None:
             return cls
         raise ModelError(f"{folder} holds a diffusers {cfg['_class_name']}, which vitq cannot build here",
-                         hint='install diffusers (pip install "vitq[diffusion]"); vitq quantizes UNet2DModel and UNet2DConditionModel')
+                         hint=install_hint("diffusion", "diffusers") + "; vitq quantizes UNet2DModel and UNet2DConditionModel")
     named = ", ".join(cfg.get("architectures") or [cfg.get("model_type", "unknown")])
     raise ModelError(f"{folder} holds a {named} model, which this transformers version cannot build",
                      hint="check config.json's architectures; vitq is tested on: " + ", ".join(SUPPORTED_CLASSES))

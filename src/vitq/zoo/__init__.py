@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ModelError, install_hint
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -70,7 +70,7 @@ def _diffusers_class(name: str):
         import diffusers
     except ImportError:
         raise ModelError(f"zoo model {name!r} is a diffusers UNet and diffusers is not installed",
-                         hint='pip install "vitq[diffusion]"') from None
+                         hint=install_hint("diffusion", "diffusers")) from None
     return getattr(diffusers, _MODELS[name][0])
 
 

