@@ -75,6 +75,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="P4Q epochs (default: the method's)")
     p.add_argument("--train-limit", type=int, default=0, help="training images (0: the method's default)")
     args = p.parse_args()
+    chosen = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    unknown = set(chosen) - {name for name, _ in ABLATIONS}
+    if unknown:  # before any slow work
+        raise SystemExit(f"unknown ablations {sorted(unknown)}; known: {', '.join(name for name, _ in ABLATIONS)}")
     model = common.setup(args)
     tokenizer = common.resolve_tokenizer(model)
     calib = calibration_batches(data_root() / TRAIN["cifar10"], args.calib_batches * args.calib_batch_size, args.calib_batch_size,
@@ -109,10 +113,6 @@ def main() -> None:
             emit(dict(p4q_row(model, calib, spec, args, tokenizer), method="+ P4Q", bits=spec))
     ablations = []
     if not args.skip_ablations:
-        chosen = [a.strip() for a in args.ablations.split(",") if a.strip()]
-        unknown = set(chosen) - {name for name, _ in ABLATIONS}
-        if unknown:
-            raise SystemExit(f"unknown ablations {sorted(unknown)}; known: {', '.join(name for name, _ in ABLATIONS)}")
         for name, options in ABLATIONS:
             if chosen and name not in chosen:
                 continue
