@@ -428,3 +428,20 @@ def test_bf16_calibrated_model_exports_in_float32(models, tmp_path):
     got = ExportedModel(out).encode_image(x)
     ref = _simulated(copy.deepcopy(q16).float(), "image", x)
     assert got.dtype == torch.float32 and _cosine(got, ref).min() > 0.999
+
+
+def test_graph_outputs_have_the_usual_names_and_metadata(clip_w8a8, models, tmp_path):
+    import json
+
+    import onnx
+
+    _, out = clip_w8a8
+    image, text = onnx.load(str(out / "image.onnx")), onnx.load(str(out / "text.onnx"))
+    assert [o.name for o in image.graph.output] == ["image_embeds"] and [o.name for o in text.graph.output] == ["text_embeds"]
+    props = {p.key: p.value for p in image.metadata_props}
+    assert props["method"] == "minmax" and props["bits"] == "W8A8" and props["tower"] == "image" and props["image_size"] == "32"
+    assert props["vitq_version"] == vitq.__version__
+    assert len(json.loads(props["image_mean"])) == 3 and len(json.loads(props["image_std"])) == 3
+    q = _quantize(models["ViTForImageClassification"], calib=[sample_inputs()["pixel_values"]])
+    cls_out = export_onnx(q, tmp_path / "cls", check=0)
+    assert [o.name for o in onnx.load(str(cls_out / "image.onnx")).graph.output] == ["logits"]

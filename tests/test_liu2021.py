@@ -14,7 +14,7 @@ from vitq.calib.recorder import capture_inputs
 from vitq.calib.search import negative_pearson, ranking_hinge
 from vitq.errors import ConfigError
 from vitq.methods.common import as_batches
-from vitq.methods.liu2021 import choose_bits
+from vitq.calib.bitalloc import choose_bits
 from vitq.models.families import component_runner
 from vitq.nn import quantizers
 

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    quiet = bool(getattr(args, "quiet", False))
+    if quiet:
+        _library_bars(False)  # transformers' "Loading weights" bar too
     try:
         return int(args._run(args) or 0)
     except VitqError as err:
@@ -49,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vitq {args.command}: interrupted; nothing was written in place of earlier results.", file=sys.stderr)
         return 130
+    finally:
+        if quiet:
+            _library_bars(True)
+
+
+def _library_bars(on: bool) -> None:
+    """Switch the progress bars transformers and the hub print while loading."""
+    from transformers.utils import logging as hf_logging
+
+    (hf_logging.enable_progress_bar if on else hf_logging.disable_progress_bar)()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", help="hub id, local model folder, or zoo:NAME (e.g. zoo:clip-tiny); required unless --list-methods")
     p.add_argument("--method", default="minmax", help=f"quantization method (default minmax); see `vitq quantize --list-methods`")
     p.add_argument("--bits", "-b", default="W8A8", help="bit spec: W8A8, W4A4, or weights-activations-attention such as 4-4-8")
-    p.add_argument("--calib", help="folder or .zip of calibration images (class subfolders also calibrate a text tower)")
+    p.add_argument("--calib", help="folder or .zip of calibration images (class subfolders also calibrate a text tower), "
+                                   "or 'synthetic': data-free images made from the model itself (CLAMP-ViT's synthesis)")
+    p.add_argument("--calib-text", metavar="FILE", help="sentences for a text tower's calibration: one a line, or a CSV with a "
+                                                       "caption column (default: class-name prompts, or for a flat image folder "
+                                                       "vitq's built-in sentences)")
+    p.add_argument("--synth-steps", type=int, default=500, help="with --calib synthetic: gradient steps of the synthesis (default 500)")
     p.add_argument("--num-calib", type=int, default=32, help="number of calibration images (default 32)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--components", default="image,text", help="image, text, or image,text (default: every component the model has)")
@@ -110,6 +115,16 @@ def _unet_calibration(model, cfg: QuantConfig, progress: bool) -> list[dict]:
                                 batch_size=cfg.batch_size, seed=cfg.seed, progress=progress).batches
 
 
+def synthetic_calibration(model, cfg: QuantConfig, tokenizer=None, progress: bool = True, steps: int = 500):
+    """``cfg.num_calib`` data-free calibration images (CLAMP-ViT's synthesis, its default settings)."""
+    from ..data.synthetic import SynthesisConfig, synthesize
+
+    images = synthesize(model, cfg.num_calib, SynthesisConfig(steps=steps, batch_size=cfg.batch_size, seed=cfg.seed),
+                        tokenizer=tokenizer, progress=progress)
+    print(f"synthesised {cfg.num_calib} calibration images in {images.seconds:.0f}s (data-free, CLAMP-ViT's recipe)")
+    return images
+
+
 def run(args) -> int:
     from ..errors import ConfigError
 
@@ -139,13 +154,17 @@ def run(args) -> int:
         cfg.options = {**cfg.options, "train_data": args.calib}  # a method that trains (p4q) learns on the --calib images
     method.parse_options(cfg.options)
     needs_calib = method.needs_calibration
-    if not needs_calib and args.calib:
+    synthetic = args.calib == "synthetic"
+    if args.calib and not method.takes_data:
         raise ConfigError(f"the {cfg.method} method takes no calibration data, but --calib was given",
                           hint=f"drop --calib, or choose a calibrated method (see --list-methods)")
     check_output_dir(args.out, args.overwrite)
     from ..io_utils import check_output_file
 
     check_output_file(args.json, "--json")
+    from ..data.texts import read_texts
+
+    texts = read_texts(args.calib_text) if args.calib_text else None  # a bad file fails before the model loads
     from ..models.loading import model_dtype
 
     dtype = str(model_dtype(args.dtype)).removeprefix("torch.")
@@ -166,16 +185,23 @@ def run(args) -> int:
         quantizable_blocks(model, comps)  # an architecture vitq cannot quantize fails before any data is read
     cfg.components = comps
     tokenizer = None
-    if "text" in comps and needs_calib:
+    if "text" in comps and args.calib:
         from ..models.tokenizers import resolve_tokenizer
 
         tokenizer = resolve_tokenizer(model, args.tokenizer)
     batches = None
     if needs_calib and unet:
         batches = _unet_calibration(model, cfg, not args.quiet)
-    elif needs_calib:
+    elif synthetic and needs_calib:
+        batches = synthetic_calibration(model, cfg, tokenizer, not args.quiet, args.synth_steps)
+    elif args.calib and not synthetic:
+        if texts is not None and tokenizer is None:
+            raise ConfigError("--calib-text was given, but no text tower is being calibrated", hint="drop --calib-text, or add the text component")
         batches = calibration_batches(args.calib, cfg.num_calib, cfg.batch_size, image_transform(model, preprocess=args.preprocess),
-                                      tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad)
+                                      tokenizer=tokenizer, seed=cfg.seed, skip_bad=args.skip_bad, texts=texts)
+        if batches.text_source is not None and batches.text_source != "class names":
+            where = args.calib_text if texts is not None else "vitq's built-in sentences (no class folders in --calib; --calib-text FILE gives your own)"
+            print(f"calibrating the text tower on {batches.text_source} from {where}")
     # the CLI's float model is its own: quantize it in place (no second copy in memory)
     qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet, device=args.device, inplace=True)
     save(qmodel, args.out, overwrite=args.overwrite)

@@ -1,7 +1,9 @@
 """Calibration batches from a folder (or zip) of images, for any supported model.
 
 Images come from class subfolders or a flat folder; for a text tower, prompts are made from the
-class names ("a photo of a {class}."), so a folder of class subfolders calibrates both towers.
+class names ("a photo of a {class}."), so a folder of class subfolders calibrates both towers. A
+flat folder calibrates the text tower on given sentences (``texts``, e.g. ``--calib-text FILE``) or
+on vitq's built-in ones (:mod:`vitq.data.texts`); ``text_source`` says which.
 Batches are decoded as they are iterated, so memory does not grow with the number of images.
 """
 
@@ -32,10 +34,17 @@ class CalibrationBatches:
     ``attention_mask`` of class-name prompts when a tokenizer is given), decoded lazily."""
 
     def __init__(self, root: Path, items: list[tuple[str, str | None]], batch_size: int, transform,
-                 tokenizer=None, skip_bad: bool = False, template: str = CALIB_TEMPLATE):
+                 tokenizer=None, skip_bad: bool = False, template: str = CALIB_TEMPLATE, texts: list[str] | None = None):
         self.root, self.items, self.batch_size = root, items, batch_size
         self.transform, self.tokenizer, self.skip_bad, self.template = transform, tokenizer, skip_bad, template
+        self.texts = texts  # sentences for the text tower instead of class-name prompts (cycled)
         self.skipped = 0
+
+    @property
+    def text_source(self) -> str | None:
+        if self.tokenizer is None:
+            return None
+        return "class names" if self.texts is None else f"{len(self.texts)} sentence{'' if len(self.texts) == 1 else 's'}"
 
     def __len__(self) -> int:
         return (len(self.items) + self.batch_size - 1) // self.batch_size
@@ -49,7 +58,9 @@ class CalibrationBatches:
         try:
             for start in range(0, len(self.items), self.batch_size):
                 pixels, names = [], []
-                for member, name in self.items[start : start + self.batch_size]:
+                for k, (member, name) in enumerate(self.items[start : start + self.batch_size]):
+                    if self.texts is not None:
+                        name = self.texts[(start + k) % len(self.texts)]
                     where = f"{self.root}:{member}" if zf is not None else member
                     try:
                         pixels.append(self.transform(load_rgb(self._read(zf, member), where=where)))
@@ -62,7 +73,8 @@ class CalibrationBatches:
                     continue
                 batch = {"pixel_values": torch.stack(pixels)}
                 if self.tokenizer is not None:
-                    tok = self.tokenizer([self.template.format(n) for n in names], padding=True, truncation=True, return_tensors="pt")
+                    prompts = names if self.texts is not None else [self.template.format(n) for n in names]
+                    tok = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
                     batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
                 yield batch
         finally:
@@ -79,11 +91,13 @@ def calibration_batches(
     seed: int = 0,
     skip_bad: bool = False,
     template: str = CALIB_TEMPLATE,
+    texts: list[str] | None = None,
 ) -> CalibrationBatches:
     """``num_images`` images (class-balanced when there are classes, the same for the same seed).
 
     ``transform`` maps a PIL image to a (3, H, W) tensor. With a ``tokenizer``, each batch also
-    carries prompts built from the images' class names.
+    carries text: ``texts`` when given (one per image, cycled), else prompts built from the images'
+    class names, else (a flat folder) vitq's built-in sentences.
     """
     root = Path(root)
     if not root.exists():
@@ -100,12 +114,11 @@ def calibration_batches(
             raise DataError(f"no images found in {root}", hint=f"put calibration images ({', '.join(IMAGE_SUFFIXES)}) in the folder") from None
         random.Random(seed).shuffle(files)
         items = [(f, None) for f in sorted(files[:num_images])]
-    if tokenizer is not None and any(name is None for _, name in items):
-        raise DataError(
-            f"{root} has no class subfolders, so there are no class names to make text prompts from",
-            hint="arrange the images as ROOT/<class name>/<file>, or calibrate only the image tower (--components image)",
-        )
-    batches = CalibrationBatches(root, items, batch_size, transform, tokenizer, skip_bad, template)
+    if tokenizer is not None and texts is None and any(name is None for _, name in items):
+        from .texts import sentences
+
+        texts = sentences()  # a flat folder has no class names: the built-in sentences calibrate the text tower
+    batches = CalibrationBatches(root, items, batch_size, transform, tokenizer, skip_bad, template, texts)
     # Decode the first batch now, so a bad file or folder is reported before any slow work.
     if skip_bad:
         if not any(True for _ in batches):

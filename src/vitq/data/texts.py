@@ -64,3 +64,31 @@ def sentences(n: int | None = None) -> list[str]:
     if n is None:
         return list(SENTENCES)
     return [SENTENCES[i % len(SENTENCES)] for i in range(n)]
+
+
+def read_texts(path) -> list[str]:
+    """The user's own sentences: a text file with one sentence a line, or a CSV with a ``caption``
+    (or ``text``) column; blank lines are skipped."""
+    import csv
+    from pathlib import Path
+
+    from ..errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"text file not found: {path}", hint="give a file with one sentence a line, or a CSV with a caption column")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path} as UTF-8 text: {e}", hint="give a plain-text file, one sentence a line") from None
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(raw.splitlines()))
+        column = next((c for c in ("caption", "text", "sentence") if rows and c in rows[0]), None)
+        if column is None:
+            raise DataError(f"{path} has no caption, text or sentence column", hint="name the column of sentences 'caption'")
+        texts = [r[column].strip() for r in rows if (r.get(column) or "").strip()]
+    else:
+        texts = [line.strip() for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise DataError(f"{path} holds no sentences", hint="write one sentence a line")
+    return texts

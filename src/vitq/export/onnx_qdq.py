@@ -26,7 +26,7 @@ from ..errors import ConfigError, ModelError
 from ..nn import quantizers
 from ..tensors import dtype_of
 from .qdq import to_export_mode
-from .towers import SIGNATURES, example_inputs, image_shape, tower_module, towers_of
+from .towers import SIGNATURES, example_inputs, image_shape, output_name, tower_module, towers_of
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; QDQ per-channel from 13
 EXPORT_META = "export.json"
@@ -45,13 +45,43 @@ def _check_quantized(model: nn.Module) -> None:
         raise ModelError("this model was not quantized by vitq", hint="quantize it first (vitq.quantize or `vitq quantize`), then export")
 
 
-def _dynamic_axes(tower: str) -> dict:
-    inputs, output = SIGNATURES[tower]
+def _dynamic_axes(tower: str, output: str) -> dict:
+    inputs = SIGNATURES[tower][0]
     axes = {name: {0: "batch"} for name in inputs}
     if tower == "text":
         axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
     axes[output] = {0: "batch"}
     return axes
+
+
+def graph_metadata(model: nn.Module, tower: str) -> dict[str, str]:
+    """ONNX ``metadata_props``: what a runtime user needs to feed the graph and to know what it is
+    (the image preprocessing, the bits and method, vitq's version)."""
+    import json
+
+    info = getattr(model, "vitq_info", None) or {}
+    config = info.get("config") or {}
+    meta = {"vitq_version": __version__, "tower": tower, "method": str(config.get("method", info.get("method", ""))),
+            "bits": str(config.get("bits", info.get("bits", "")))}
+    if config.get("bit_plan"):
+        meta["bit_plan"] = json.dumps(config["bit_plan"])
+    if tower == "image":
+        from ..data.preprocess import image_transform
+        from ..errors import VitqError
+
+        channels, size, _ = image_shape(model)
+        meta["image_size"] = str(size)
+        try:
+            t = image_transform(model)
+            mean, std = getattr(t, "mean", None), getattr(t, "std", None)
+            proc = getattr(t, "processor", None)
+            mean = mean if mean is not None else getattr(proc, "image_mean", None)
+            std = std if std is not None else getattr(proc, "image_std", None)
+            if mean is not None and std is not None:
+                meta["image_mean"], meta["image_std"] = json.dumps([float(v) for v in mean]), json.dumps([float(v) for v in std])
+        except VitqError:  # no processor known: the graph is still valid, only less described
+            pass
+    return meta
 
 
 def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = OPSET, weight_dtype: str = "auto") -> dict:
@@ -61,17 +91,18 @@ def export_tower(model: nn.Module, tower: str, path: str | Path, opset: int = OP
     from .graph_passes import optimize_qdq_graph
 
     path = Path(path)
-    inputs, output = SIGNATURES[tower]
+    inputs, output = SIGNATURES[tower][0], output_name(model, tower)
     module = tower_module(model, tower).eval()
     args = example_inputs(model, tower)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         raw = Path(tmp) / "raw.onnx"
         torch.onnx.export(module, args, str(raw), dynamo=False, opset_version=opset, input_names=list(inputs),
-                          output_names=[output], dynamic_axes=_dynamic_axes(tower), do_constant_folding=True)
+                          output_names=[output], dynamic_axes=_dynamic_axes(tower, output), do_constant_folding=True)
         graph = onnx.load(str(raw))
     stats = optimize_qdq_graph(graph, weight_dtype)
     graph.doc_string = f"vitq {__version__} QDQ export ({tower} tower)"
+    onnx.helper.set_model_props(graph, graph_metadata(model, tower))
     data = graph.SerializeToString()
     if len(data) >= 2**31 - 1:
         raise ModelError(f"the {tower} tower is too large for one ONNX file (2 GB)", hint="export fewer towers or a smaller model")

@@ -7,8 +7,22 @@ from torch import nn
 
 from ..models.families import family_of
 
-# tower -> (input names, output name)
-SIGNATURES = {"image": (("pixel_values",), "embeds"), "text": (("input_ids", "attention_mask"), "embeds")}
+# tower -> (input names, output name); a classifier's image output is named by output_name
+SIGNATURES = {"image": (("pixel_values",), "image_embeds"), "text": (("input_ids", "attention_mask"), "text_embeds")}
+
+
+def output_name(model: nn.Module, tower: str) -> str:
+    """The graph output's name as Optimum and transformers users know it: ``logits`` for a
+    classifier's image tower, else ``image_embeds`` / ``text_embeds``."""
+    from ..models.adapter import unwrap
+
+    inner = unwrap(model)
+    if tower == "image" and not hasattr(inner, "get_image_features"):
+        with torch.no_grad():
+            out = inner(pixel_values=example_inputs(model, "image", batch=1)[0])
+        if getattr(out, "logits", None) is not None:
+            return "logits"
+    return SIGNATURES[tower][1]
 
 
 class ImageTower(nn.Module):

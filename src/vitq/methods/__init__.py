@@ -15,7 +15,7 @@ from typing import Callable
 from ..errors import ConfigError
 from .options import MethodOptions, NoOptions
 
-_METHOD_MODULES = ("baseline", "repq", "dynamic", "recon", "liu2021", "qdiffusion", "p4q")
+_METHOD_MODULES = ("baseline", "repq", "dynamic", "recon", "liu2021", "qdiffusion", "p4q", "clamp")
 _REGISTRY: dict[str, "MethodInfo"] = {}
 _loaded = False
 
@@ -62,6 +62,11 @@ class MethodInfo:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")  # model dtypes the method calibrates in
     trains: bool = False  # runs with gradients (learned prompts, adapters, rounding); else under no_grad
     models: tuple[str, ...] = ("transformer",)  # architecture kinds it supports (ModelAdapter.kind)
+    accepts_calibration: bool | None = None  # takes data it does not need (clamp-vit: real images instead of synthetic)
+
+    @property
+    def takes_data(self) -> bool:
+        return self.needs_calibration if self.accepts_calibration is None else self.accepts_calibration
 
     def parse_options(self, options) -> MethodOptions:
         return self.options.parse(options, method=self.name)
@@ -97,12 +102,13 @@ class MethodInfo:
 
 
 def register(*names: str, options: type = NoOptions, needs_calibration: bool = True, summary: str = "",
-             dtypes: tuple[str, ...] = ("float32", "bfloat16"), trains: bool = False, models: tuple[str, ...] = ("transformer",)):
+             dtypes: tuple[str, ...] = ("float32", "bfloat16"), trains: bool = False, models: tuple[str, ...] = ("transformer",),
+             accepts_calibration: bool | None = None):
     """Register ``fn`` under ``names`` (the first is its name, the others aliases)."""
 
     def wrap(fn):
         info = MethodInfo(names[0], fn, options, needs_calibration, summary or (fn.__doc__ or "").strip().split("\n")[0],
-                          tuple(names[1:]), tuple(dtypes), trains, tuple(models))
+                          tuple(names[1:]), tuple(dtypes), trains, tuple(models), accepts_calibration)
         for n in names:
             _REGISTRY[n] = info
         return fn

@@ -27,20 +27,19 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..calib.recorder import Stream, StopForward, capture_inputs, on_device_of
+from ..calib.bitalloc import choose_bits, group_costs, group_outputs, module_groups, planned_bits
+from ..calib.recorder import Stream, on_device_of
 from ..calib.search import OutputSearch, negative_pearson, ranking_hinge
-from ..calib.sequential import points_in_order
+from ..calib.units import disabled_outputs, for_each_unit, set_scale
 from ..config import QuantConfig
 from ..errors import ConfigError
-from ..models.families import blocks_of, component_runner, family_of
 from ..models.prepare import prepare
-from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer, points_disabled, quantizers, set_mode
+from ..nn import QuantConv2d, set_mode
 from . import MethodResult, register
 from .common import as_batches, calibrate, observer_settings
 from .options import MethodOptions
@@ -107,107 +106,10 @@ def liu_scheme(cfg: QuantConfig) -> dict:
             "post_gelu": sym, "attn_q": attn, "attn_k": attn, "attn_v": attn, "softmax": dict(attn, symmetric=False)}
 
 
-# -- search units ---------------------------------------------------------------------------------
-class _Probe(nn.Module):
-    """What one search scores: a module run on its recorded inputs, reduced to the outputs the
-    searched points affect (the linears fed by one point; an attention map; a matmul's output)."""
-
-    def __init__(self, module: nn.Module, fn):
-        super().__init__()
-        self.module, self.fn = module, fn
-
-    def forward(self, *args, **kwargs):
-        return self.fn(self.module, args, kwargs)
-
-
-def _linears_probe(ln_or_linear: nn.Module, consumers: list[nn.Module]):
-    if consumers == [ln_or_linear]:
-        return lambda m, a, k: (m(*a, **k),)
-    return lambda m, a, k: tuple(c(m(*a, **k)) for c in consumers)
-
-
-def _tap(attention: nn.Module, which: str):
-    """Run the attention module and return the attention probabilities (input of softmax·v) or the
-    output of softmax·v, stopping the forward there."""
-
-    def fn(m, a, k):
-        seen = {}
-        pv = attention.vitq_pv
-
-        def pre(mod, args):
-            seen["t"] = args[0]
-            raise StopForward
-
-        def post(mod, args, out):
-            seen["t"] = out
-            raise StopForward
-
-        handle = pv.register_forward_pre_hook(pre) if which == "probs" else pv.register_forward_hook(post)
-        try:
-            m(*a, **k)
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
-        return (seen["t"],)
-
-    return fn
-
-
-def search_units(model: nn.Module, order: list[str], post_ln_consumers: dict[str, list[str]]) -> list[dict]:
-    """Units in forward order: ``{"module", "probe", "points", "linears", "ranking"}``."""
-    units, seen = [], set()
-    for name in order:
-        parent, _, attr = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        if isinstance(owner, (QuantLinear, QuantConv2d)) and attr == "input_quantizer":
-            linears = [parent]
-            module = parent
-        elif isinstance(owner, QuantLayerNorm) and attr == "output_quantizer":
-            linears = list(post_ln_consumers.get(parent, []))
-            module = parent
-        elif isinstance(owner, QuantMatMul):
-            if parent in seen:
-                continue
-            seen.add(parent)
-            attention_name = parent.rpartition(".")[0]
-            attention = model.get_submodule(attention_name)
-            which = "probs" if owner is getattr(attention, "vitq_qk", None) else "output"
-            points = [p for p in (owner.a_quantizer, owner.b_quantizer) if p is not None and p.enabled]
-            units.append({"module": attention_name, "probe": _Probe(attention, _tap(attention, which)), "points": points,
-                          "linears": [], "ranking": which == "probs"})
-            continue
-        else:
-            continue
-        layers = [model.get_submodule(n) for n in linears]
-        weights = [m.weight_quantizer for m in layers if m.weight_quantizer is not None and m.weight_quantizer.enabled]
-        mod = model.get_submodule(module)
-        units.append({"module": module, "probe": _Probe(mod, _linears_probe(mod, layers)),
-                      "points": weights + [model.get_submodule(name)], "linears": linears, "ranking": False})
-    return units
-
-
 def _objective(opts: Liu2021Options, ranking: bool):
     if not (ranking and opts.ranking):
         return negative_pearson
     return lambda q, ref: negative_pearson(q, ref) + opts.ranking_weight * ranking_hinge(q, ref, margin=opts.ranking_margin)
-
-
-def _set_scale(point: TensorQuantizer, scale: float) -> None:
-    """A candidate interval; an unsigned point keeps its zero-point, so its range scales about 0."""
-    q = point.quantizer
-    q.set_params(torch.full_like(q.scale.detach(), scale), q.zero_point.detach().clone())
-
-
-@torch.no_grad()
-def _disabled_outputs(probe: _Probe, inputs: Stream, points: list[TensorQuantizer]) -> Stream:
-    """The probe's outputs with the searched points off: the full-precision targets."""
-    out = Stream()
-    with points_disabled(only=points):
-        for item in inputs:
-            args, kwargs = on_device_of(probe, item)
-            out.append(tuple(t.detach().cpu() for t in probe(*args, **kwargs)))
-    return out
 
 
 @torch.no_grad()
@@ -233,7 +135,7 @@ def _correct_biases(model: nn.Module, unit: dict, inputs: Stream, targets: Strea
 
 def _search_unit(model, unit: dict, inputs: Stream, opts: Liu2021Options) -> dict:
     probe, points = unit["probe"], unit["points"]
-    targets = _disabled_outputs(probe, inputs, points)
+    targets = disabled_outputs(probe, inputs, points)
     try:
         record = {}
         if opts.similarity:
@@ -242,7 +144,7 @@ def _search_unit(model, unit: dict, inputs: Stream, opts: Liu2021Options) -> dic
             for _ in range(opts.rounds):
                 for p in points:  # weights first (inputs fixed), then the input(s)
                     grid = torch.linspace(opts.alpha, opts.beta, opts.candidates) * start[id(p)]
-                    best, _ = search.grid([float(s) for s in grid], lambda s, p=p: _set_scale(p, s))
+                    best, _ = search.grid([float(s) for s in grid], lambda s, p=p: set_scale(p, s))
             record["score"] = search.score()
         if opts.bias_correction and unit["linears"]:
             _correct_biases(model, unit, inputs, targets)
@@ -254,21 +156,8 @@ def _search_unit(model, unit: dict, inputs: Stream, opts: Liu2021Options) -> dic
 @torch.no_grad()
 def liu2021_search(model, batches, components, summary, opts: Liu2021Options, progress: bool = True) -> int:
     """Alternating interval search and bias correction, unit by unit in forward order."""
-    from tqdm.auto import tqdm
-
-    count = 0
-    with Stream.of(batches) as cached:
-        for comp in components:
-            run = component_runner(model, comp)
-            first = next(iter(cached), None)
-            if first is None:
-                continue
-            units = search_units(model, points_in_order(model, run, first), summary["post_ln_consumers"])
-            for unit in tqdm(units, desc=f"liu2021 search ({comp})", disable=not progress, leave=False):
-                with capture_inputs(model, unit["probe"].module, cached, run) as inputs:
-                    _search_unit(model, unit, inputs, opts)
-                count += 1
-    return count
+    return for_each_unit(model, batches, components, summary["post_ln_consumers"],
+                         lambda unit, inputs: _search_unit(model, unit, inputs, opts), desc="liu2021 search", progress=progress)
 
 
 def _liu(model, calib, cfg: QuantConfig, opts: Liu2021Options, progress: bool = True):
@@ -289,99 +178,33 @@ def liu2021(model, calib, cfg: QuantConfig, opts: Liu2021Options, progress: bool
 
 
 # -- mixed precision ------------------------------------------------------------------------------
-def module_groups(model: nn.Module, components) -> list[dict]:
-    """Each block's MSA and MLP: bit-plan patterns, weight count, and the module whose output is the
-    perturbed feature (the attention module; fc2)."""
-    adapter = family_of(model)
-    groups = []
-    for comp in components:
-        for block in blocks_of(model, comp):
-            roles = adapter.block_roles(block)
-            attn = f"{block}.{roles.attention}"
-            msa_linears = [f"{block}.{r}" for r in roles.qkv_linears + [roles.out]]
-            mlp_linears = [f"{block}.{roles.fc1}", f"{block}.{roles.fc2}"]
-            for kind, patterns, linears, output in (("msa", [f"{attn}*"], msa_linears, attn),
-                                                    ("mlp", mlp_linears, mlp_linears, f"{block}.{roles.fc2}")):
-                size = sum(model.get_submodule(n).weight.numel() for n in linears)
-                groups.append({"name": f"{block}:{kind}", "kind": kind, "patterns": patterns, "size": size, "output": output,
-                               "attention": attn, "component": comp})
-    return groups
-
-
-def choose_bits(costs: list[dict[int, float]], sizes: list[int], target: float) -> list[int]:
-    """Bits per group minimising the summed cost with sum(size * bits) <= target * sum(size): exact
-    dynamic programming over sizes in units of their greatest common divisor."""
-    unit = 0
-    for s in sizes:
-        unit = math.gcd(unit, int(s))
-    units = [int(s) // unit for s in sizes]
-    budget = int(math.floor(target * sum(units) + 1e-9))
-    best: dict[int, tuple[float, tuple[int, ...]]] = {0: (0.0, ())}
-    for u, cost in zip(units, costs):
-        nxt: dict[int, tuple[float, tuple[int, ...]]] = {}
-        for used, (total, picks) in best.items():
-            for b, c in cost.items():
-                w = used + u * b
-                if w > budget:
-                    continue
-                cand = (total + c, picks + (b,))
-                if w not in nxt or cand[0] < nxt[w][0]:
-                    nxt[w] = cand
-        if not nxt:
-            raise ConfigError(f"no bit choice fits an average of {target} bits", hint="raise target_bits or add smaller bit choices")
-        best = nxt
-    return list(min(best.values(), key=lambda v: v[0])[1])
-
-
 @torch.no_grad()
 def _sensitivities(model, calib, cfg: QuantConfig, groups: list[dict], choices, progress: bool) -> list[dict[int, float]]:
     """For each group and bit width: nuclear norm of its full-precision feature times the squared
     output perturbation with only that group quantized (intervals from the maximum)."""
     import copy
 
-    from ..calib.recorder import record
-    from ..config import BitPlan
-
     batches = as_batches(calib)
-    runs = {c: component_runner(model, c) for c in {g["component"] for g in groups}}
-    outputs = [g["output"] for g in groups]
-    fp = {}
-    for comp, run in runs.items():
-        names = [g["output"] for g in groups if g["component"] == comp]
-        fp.update(record(model, names, batches, run))
+    fp = group_outputs(model, batches, groups)
     weight = []
     for g in groups:  # the paper's importance: nuclear norm of the attention map / output feature
         total = 0.0
-        for out in fp[g["output"]]["output"]:
+        for out in fp[g["output"]]:
             feats = out.float().reshape(-1, *out.shape[-2:]) if out.dim() >= 3 else out.float().unsqueeze(0)
             total += float(torch.linalg.matrix_norm(feats, ord="nuc").sum())
         weight.append(total)
-    from tqdm.auto import tqdm
 
-    costs = [dict() for _ in groups]
-    for b in tqdm(choices, desc="liu2021-mp sensitivities", disable=not progress, leave=False):
+    def build(b):
         trial = copy.deepcopy(model)
         bits_cfg = QuantConfig(method="liu2021", bits=f"W{b}A{b}", components=cfg.components, exclude=cfg.exclude, seed=cfg.seed)
         summary = prepare(trial, liu_scheme(bits_cfg), bits_cfg.components, bits_cfg.exclude, share_post_ln=False)
         calibrate(trial, batches, summary["components"], progress=False, sequential=False)
-        points = {n: q for n, q in quantizers(trial)}
-        for i, g in enumerate(groups):
-            plan = BitPlan({p: "W8A8" for p in g["patterns"]})
-            mine = [q for n, q in points.items() if plan.spec_for(_layer_of(n, summary)) is not None]
-            with points_disabled(trial, keep=mine):  # only this module quantized
-                got = record(trial, [g["output"]], batches, component_runner(trial, g["component"]))[g["output"]]["output"]
-            err = sum(float((a.float() - r.float()).pow(2).sum()) for a, r in zip(got, fp[g["output"]]["output"]))
-            costs[i][int(b)] = weight[i] * err
-        del trial
-    return costs
+        return trial, summary
 
+    def cost(i, got, ref):
+        return weight[i] * sum(float((a.float() - r.float()).pow(2).sum()) for a, r in zip(got, ref))
 
-def _layer_of(point_name: str, summary: dict) -> str:
-    """The layer a point belongs to under a bit plan (``BitPlan``'s rule): its parent module, or for
-    a LayerNorm's output point the first linear the LayerNorm feeds."""
-    parent = point_name.rpartition(".")[0]
-    consumers = summary["post_ln_consumers"].get(parent)
-    return consumers[0] if consumers else parent
+    return group_costs(model, batches, groups, choices, build, cost, desc="liu2021-mp sensitivities", progress=progress, fp=fp)
 
 
 @register("liu2021-mp", options=Liu2021MPOptions)
@@ -393,10 +216,7 @@ def liu2021_mp(model, calib, cfg: QuantConfig, opts: Liu2021MPOptions, progress:
     choices = sorted({int(b) for b in opts.bit_choices})
     costs = _sensitivities(model, calib, cfg, groups, choices, progress)
     bits = choose_bits(costs, [g["size"] for g in groups], opts.target_bits)
-    plan = dict(cfg.bit_plan)
-    for g, b in zip(groups, bits):
-        for p in g["patterns"]:
-            plan[p] = f"W{b}A{b}"
+    plan = planned_bits(cfg.bit_plan, groups, bits)
     import dataclasses
 
     planned = dataclasses.replace(cfg, bit_plan=BitPlan(plan).to_dict())
