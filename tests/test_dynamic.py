@@ -35,7 +35,7 @@ def test_save_load_identical_and_small(models, inputs, tmp_path):
         assert torch.equal(a, b)
     from safetensors.torch import load_file
 
-    tensors = load_file(str(out / "model.safetensors"))
+    tensors = load_file(str(out / "vitq_weights.safetensors"))
     assert tensors["vision_model.encoder.layers.0.mlp.fc1.weight.int8"].dtype == torch.int8
 
 

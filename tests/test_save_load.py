@@ -28,8 +28,8 @@ def test_folder_is_inspectable_and_packed(models, tmp_path):
     q = vitq.quantize(models["CLIPModel"], vitq.QuantConfig(bits="W4A4"), calib=[sample_inputs(seed=5, batch=4)], progress=False)
     out = vitq.save(q, tmp_path / "m")
     names = {p.name for p in out.iterdir()}
-    assert {"vitq_config.json", "config.json", "quant_state.json", "model.safetensors", "manifest.json"} <= names
-    tensors = load_file(str(out / "model.safetensors"))
+    assert {"vitq_config.json", "config.json", "quant_state.json", "vitq_weights.safetensors", "manifest.json"} <= names
+    tensors = load_file(str(out / "vitq_weights.safetensors"))
     codes = tensors["vision_model.encoder.layers.0.mlp.fc1.weight.codes"]
     w = q.vision_model.encoder.layers[0].mlp.fc1.weight
     assert codes.dtype == torch.uint8 and codes.numel() == w.numel() // 2  # two 4-bit codes per byte
@@ -72,10 +72,10 @@ def test_refuses_existing_folder_and_file(models, tmp_path):
 def test_edited_or_missing_file_is_named(models, tmp_path):
     q = vitq.quantize(models["ViTModel"], vitq.QuantConfig(), calib=[sample_inputs()["pixel_values"]], progress=False)
     out = vitq.save(q, tmp_path / "m")
-    data = bytearray((out / "model.safetensors").read_bytes())
+    data = bytearray((out / "vitq_weights.safetensors").read_bytes())
     data[-10] ^= 0xFF
-    (out / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="model.safetensors was changed"):
+    (out / "vitq_weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="vitq_weights.safetensors was changed"):
         vitq.load(out)
     (out / "config.json").unlink()
     with pytest.raises(IntegrityError, match="config.json is missing"):
@@ -151,3 +151,16 @@ def test_folder_from_a_newer_format_names_the_version(tmp_path):
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="(?s)v99 by vitq 9.0.*upgrade vitq to 9.0"):
         vitq.load(tmp_path / "m")
+
+
+def test_plain_transformers_refuses_a_vitq_folder_instead_of_loading_it_wrong(models, tmp_path):
+    """The weights file is not model.safetensors, so from_pretrained fails loudly rather than giving a
+    model whose quantized weights are freshly initialised (it loaded, with logits at cosine 0.01, in format v1)."""
+    import transformers
+
+    q = vitq.quantize(models["ViTForImageClassification"], vitq.QuantConfig(bits="W4A4"), calib=[sample_inputs(seed=5, batch=4)],
+                      progress=False)
+    out = vitq.save(q, tmp_path / "m")
+    with pytest.raises(OSError):
+        transformers.AutoModelForImageClassification.from_pretrained(str(out))
+    assert json.loads((out / "vitq_config.json").read_text())["format_version"] == 2

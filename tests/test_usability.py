@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from vitq.cli import main
+from vitq.data import has_data
 from vitq.data.calibration import calibration_batches
 from vitq.data.preprocess import image_transform
 from vitq.data.texts import SENTENCES, read_texts
@@ -79,3 +80,42 @@ def test_quiet_silences_the_loading_bar(tmp_path, capfd):
     assert "Loading weights" not in capfd.readouterr().err
     assert main(["synth", "--model", "zoo:deit-tiny", "--num", "1", "--steps", "1", "--batch-size", "1", "--out", str(tmp_path / "t")]) == 0
     assert "Loading weights" in capfd.readouterr().err  # without --quiet the bar shows, so the check above can fail
+
+
+def _python_blocks(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.skipif(not (has_data("tiny-imagenet-200", "train-200-per-class.zip") and has_data("cifar10", "test")),
+                    reason="needs the real images ($VITQ_DATA)")
+def test_readme_python_runs_as_written(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    blocks = _python_blocks((Path(__file__).resolve().parents[1] / "README.md").read_text())
+    assert blocks, "the README has no Python example"
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        code = code.replace("limit=1000", "limit=100")  # the same call on fewer test images
+        scope: dict = {}
+        exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "out" / "clip-w4a4").is_dir() and 0 < scope["report"]["metrics"]["top1"] <= 1
+
+
+def test_calibration_data_takes_any_iterable_with_a_transform(tmp_path):
+    import vitq
+
+    rows = [{"img": Image.fromarray(np.full((20, 30, 3), i * 40, dtype=np.uint8)), "caption": f"a grey square number {i}."}
+            for i in range(5)]
+    model = load_model("zoo:clip-tiny")
+    batches = vitq.calibration_data(rows, model, num=4, batch_size=3, transform_fn=lambda r: {"image": r["img"], "text": r["caption"]})
+    got = list(batches)
+    assert [b["pixel_values"].shape for b in got] == [(3, 3, 64, 64), (1, 3, 64, 64)]
+    tok = resolve_tokenizer(model)
+    assert _decoded(got, tok)[:2] == ["a grey square number 0.", "a grey square number 1."]
+    assert len(list(batches)) == 2  # re-iterable
+    q = vitq.quantize(model, vitq.QuantConfig(method="minmax", bits="W8A8"), calib=batches, progress=False)
+    assert q.vitq_info["components"] == ["image", "text"]
+    with pytest.raises(DataError, match="not an image"):
+        list(vitq.calibration_data([1, 2], model, num=2, text=False))

@@ -1,6 +1,8 @@
 """vitq: post-training quantization for vision transformers, CLIP-style models and diffusion UNets.
 
     import vitq
+    model = vitq.load_model("zoo:clip-tiny")
+    batches = vitq.calibration_data("images/", model, num=32)   # a folder, "synthetic", or any iterable
     cfg = vitq.QuantConfig(method="minmax", bits="W8A8", components=("image", "text"))
     qmodel = vitq.quantize(model, cfg, calib=batches)
     vitq.save(qmodel, "out/")
@@ -20,7 +22,9 @@ from .api import quantize  # noqa: E402
 from .config import BitSpec, QuantConfig, parse_bits  # noqa: E402
 from .errors import VitqError  # noqa: E402
 from .methods import available_methods  # noqa: E402
-from .api import load  # noqa: E402
+from .api import calibration_data, load  # noqa: E402
+from .data.paths import data_root  # noqa: E402
+from .models.loading import load_model  # noqa: E402
 from .saving import save  # noqa: E402
 
 
@@ -31,4 +35,5 @@ def evaluate(model, task: str, data=None, reference=None, **options):
     return _evaluate(model, task=task, data=data, reference=reference, **options)
 
 
-__all__ = ["quantize", "QuantConfig", "BitSpec", "parse_bits", "VitqError", "available_methods", "load", "save", "evaluate", "__version__"]
+__all__ = ["quantize", "QuantConfig", "BitSpec", "parse_bits", "VitqError", "available_methods", "load", "save", "evaluate",
+           "load_model", "calibration_data", "data_root", "__version__"]

@@ -14,6 +14,39 @@ from .nn import summarize_points
 from .tensors import dtype_of
 
 
+def calibration_data(source, model: nn.Module, num: int = 32, batch_size: int = 16, seed: int = 0, transform_fn=None,
+                     texts: list[str] | None = None, tokenizer=None, text: bool | None = None):
+    """Calibration batches for ``model`` from ``source``:
+
+    - a folder or ``.zip`` of images (class subfolders, or flat: a text tower then calibrates on
+      ``texts`` or vitq's built-in sentences);
+    - ``"synthetic"``: data-free images made from the model (CLAMP-ViT's synthesis);
+    - any iterable of examples (a Hugging Face ``datasets`` split, PIL images, dicts), each mapped
+      to an image (or ``{"image": ..., "text": ...}``) by ``transform_fn`` where needed.
+
+    ``num`` images in batches of ``batch_size``; prompts for a text tower come along when the model
+    has one (``text=False`` leaves them out)."""
+    from pathlib import Path
+
+    from .data.calibration import IterableBatches, calibration_batches
+    from .data.preprocess import image_transform
+    from .models.families import family_of
+
+    wants_text = ("text" in family_of(model).components) if text is None else text
+    if wants_text and tokenizer is None:
+        from .models.tokenizers import resolve_tokenizer
+
+        tokenizer = resolve_tokenizer(model)
+    tokenizer = tokenizer if wants_text else None
+    if isinstance(source, str) and source == "synthetic":
+        from .data.synthetic import SynthesisConfig, synthesize
+
+        return synthesize(model, num, SynthesisConfig(batch_size=batch_size, seed=seed), tokenizer=tokenizer)
+    if isinstance(source, (str, Path)):
+        return calibration_batches(source, num, batch_size, image_transform(model), tokenizer=tokenizer, seed=seed, texts=texts)
+    return IterableBatches(source, num, batch_size, image_transform(model), transform_fn, tokenizer, texts)
+
+
 def load(folder, runtime: str | None = None) -> nn.Module:
     """Load a folder written by :func:`vitq.save`: the simulated (fake-quant) model, identical to the
     one saved; or with ``runtime="onnxruntime"`` (or ``"openvino"``) the exported integer model, with

@@ -5,7 +5,9 @@ Folder layout::
     vitq_config.json     how the model was quantized, its class, where the points are
     config.json          the original transformers model config
     quant_state.json     per point: kind, bits, axis, symmetric, scales and zero-points
-    model.safetensors    float tensors, and integer weight codes (two 4-bit codes per byte)
+    vitq_weights.safetensors  float tensors, and integer weight codes (two 4-bit codes per byte);
+                         not named model.safetensors, so that plain transformers refuses the folder
+                         instead of loading the codes as weights (format v1 used that name)
     manifest.json        SHA-256 of every file, checked on load
     (the tokenizer and image-processor files of the source model, from its folder or the hub cache)
 
@@ -33,7 +35,17 @@ from .quant.packing import pack_codes, unpack_codes
 from .quant.uniform import int_range
 
 FORMAT = "vitq-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+WEIGHTS_FILES = {1: "model.safetensors", 2: "vitq_weights.safetensors"}  # by format version
+
+
+def weights_file(folder: str | Path) -> Path:
+    """The weights file of a saved folder, whichever format version wrote it."""
+    folder = Path(folder)
+    for name in reversed(WEIGHTS_FILES.values()):
+        if (folder / name).is_file():
+            return folder / name
+    return folder / WEIGHTS_FILES[FORMAT_VERSION]
 
 
 def _packed_weights(model: nn.Module) -> dict[str, dict]:
@@ -109,7 +121,7 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
             tensors[key + ".codes"] = pack_codes(wq.quantize(t.detach()), meta["bits"], meta["qmin"]).contiguous()
         else:
             tensors[key] = t.detach().contiguous().clone()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": FORMAT})
+    save_file(tensors, str(folder / WEIGHTS_FILES[FORMAT_VERSION]), metadata={"format": FORMAT})
     _write_json(folder / "config.json", model_config_dict(model))
     points = quant_state(model)
     _write_json(folder / "vitq_config.json", {
@@ -236,7 +248,7 @@ def load(folder: str | Path) -> nn.Module:
         model.register_to_config(_name_or_path=str(folder))
         family_of(model).hook_attention(model)
     rebuild_structure(model, meta["structure"], meta["points"])
-    tensors = load_file(str(folder / "model.safetensors"))
+    tensors = load_file(str(folder / WEIGHTS_FILES.get(meta.get("format_version", 1), WEIGHTS_FILES[1])))
     for key, packed in meta["packed_weights"].items():
         codes = unpack_codes(tensors.pop(key + ".codes"), packed["bits"], packed["qmin"], packed["shape"])
         wq = model.get_submodule(packed["quantizer"]).quantizer

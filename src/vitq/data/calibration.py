@@ -126,3 +126,67 @@ def calibration_batches(
     else:
         next(iter(batches))
     return batches
+
+
+class IterableBatches:
+    """Calibration batches from any iterable of examples (a Hugging Face ``datasets`` split, a list of
+    PIL images, ``(image, label)`` pairs, dicts), as ``nncf.Dataset`` takes them: ``transform_fn``
+    maps one example to an image (PIL or a (3, H, W) tensor), or to a dict with ``image`` (and
+    optionally ``text``). Dicts with an ``image``/``img`` key and ``(image, ...)`` tuples are read
+    without one. Examples are read lazily, ``num`` of them, on every pass."""
+
+    def __init__(self, source, num: int, batch_size: int, transform, transform_fn=None, tokenizer=None,
+                 texts: list[str] | None = None):
+        if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+            raise DataError(f"cannot calibrate on a {type(source).__name__}",
+                            hint="pass a folder or zip path, 'synthetic', or an iterable of images (with transform_fn=...)")
+        self.source, self.num, self.batch_size = source, num, batch_size
+        self.transform, self.transform_fn, self.tokenizer = transform, transform_fn, tokenizer
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return (self.num + self.batch_size - 1) // self.batch_size
+
+    def _example(self, item) -> tuple[torch.Tensor, str | None]:
+        from PIL import Image
+
+        if self.transform_fn is not None:
+            item = self.transform_fn(item)
+        text = None
+        if isinstance(item, dict):
+            text = item.get("text") or item.get("caption")
+            item = next((item[k] for k in ("image", "img", "pixel_values") if k in item), None)
+        elif isinstance(item, (tuple, list)) and item:
+            item = item[0]
+        if isinstance(item, Image.Image):
+            return self.transform(item.convert("RGB")), text
+        if isinstance(item, torch.Tensor) and item.dim() == 3:
+            return item.float(), text
+        raise DataError(f"a calibration example became a {type(item).__name__}, not an image",
+                        hint="give transform_fn=... that returns a PIL image, a (3, H, W) tensor or {'image': ..., 'text': ...}")
+
+    def __iter__(self):
+        pixels, texts, seen = [], [], 0
+        for item in self.source:
+            if seen >= self.num:
+                break
+            image, text = self._example(item)
+            pixels.append(image)
+            texts.append(text)
+            seen += 1
+            if len(pixels) == self.batch_size:
+                yield self._batch(pixels, texts, seen - len(pixels))
+                pixels, texts = [], []
+        if pixels:
+            yield self._batch(pixels, texts, seen - len(pixels))
+
+    def _batch(self, pixels, texts, start) -> dict:
+        batch = {"pixel_values": torch.stack(pixels)}
+        if self.tokenizer is not None:
+            from .texts import sentences
+
+            pool = self.texts or sentences()
+            prompts = [t if t else pool[(start + k) % len(pool)] for k, t in enumerate(texts)]
+            tok = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
+        return batch

@@ -26,8 +26,12 @@ def size_report(model: nn.Module, saved_folder: str | Path | None = None, export
         "float_params": float_params,
         "theoretical_bytes": quantized_bits // 8 + 4 * float_params,
     }
-    if saved_folder is not None and (Path(saved_folder) / "model.safetensors").is_file():
-        out["safetensors_bytes"] = (Path(saved_folder) / "model.safetensors").stat().st_size
+    if saved_folder is not None:
+        from ..saving import weights_file
+
+        weights = weights_file(saved_folder)
+        if weights.is_file():
+            out["safetensors_bytes"] = weights.stat().st_size
     if export_folder is not None:
         out["onnx_bytes"] = sum(p.stat().st_size for p in Path(export_folder).glob("*.onnx"))
     return out
