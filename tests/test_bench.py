@@ -42,3 +42,25 @@ def test_bench_rejects_unknown_runtime(capsys):
 def test_runtime_names_cover_the_issue():
     assert {"torch-fp32", "torch-bf16", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-int8",
             "openvino-fp32", "openvino-bf16", "openvino-nncf-int8", "vitq-w8a8"} <= set(RUNTIMES)
+
+
+def test_bench_times_a_saved_folder_as_it_is_next_to_its_float_source(tmp_path):
+    """The user's own W4A8 model is exported as saved (not re-quantized), and torch-fp32 is the
+    float model it came from, not the fake-quant one."""
+    import torch
+
+    import vitq
+
+    model = vitq.load_model("zoo:deit-tiny")
+    q = vitq.quantize(model, vitq.QuantConfig(method="minmax", bits="W4A8"), calib=[torch.randn(4, 3, 64, 64)], progress=False)
+    vitq.save(q, tmp_path / "q")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(tmp_path / "q"), "--repeats", "1", "--warmup", "0", "--batch-size", "2",
+                 "--runtimes", "torch-fp32,vitq-saved-ort,vitq-saved-torch", "--towers", "image", "--json", str(out), "--quiet"]) == 0
+    rows = {r["runtime"]: r for r in json.loads(out.read_text())}
+    assert "skipped" not in rows["torch-fp32"] and "simulated" not in rows["torch-fp32"].get("note", "")
+    assert rows["vitq-saved-ort"]["note"].startswith("your model (minmax W4A8)")
+    assert rows["torch-fp32"]["model_bytes"] > rows["vitq-saved-ort"]["model_bytes"]  # int8 codes against float32
+    from vitq.bench import default_runtimes
+
+    assert "vitq-saved" in default_runtimes(str(tmp_path / "q")) and "vitq-saved" not in default_runtimes("tiny-clip")

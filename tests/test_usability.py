@@ -119,3 +119,35 @@ def test_calibration_data_takes_any_iterable_with_a_transform(tmp_path):
     assert q.vitq_info["components"] == ["image", "text"]
     with pytest.raises(DataError, match="not an image"):
         list(vitq.calibration_data([1, 2], model, num=2, text=False))
+
+
+def test_the_declared_torch_range_is_the_one_tested():
+    """pyproject's torch range must admit the torch these tests run on, and its lower bound must be
+    that release's: a lower bound no test runs would claim support nobody checked."""
+    import tomllib
+    from pathlib import Path
+
+    import torch
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    req = next(Requirement(d) for d in project["dependencies"] if d.startswith("torch"))
+    installed = Version(torch.__version__.split("+")[0])
+    assert installed in req.specifier
+    lowest = min(Version(s.version) for s in req.specifier if s.operator in (">=", "=="))
+    assert (lowest.major, lowest.minor) == (installed.major, installed.minor)
+
+
+def test_progress_in_a_log_updates_every_few_seconds(tmp_path):
+    """Not a terminal: a bar updates every 10 s, not on every step."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "vitq", "synth", "--model", "zoo:deit-tiny", "--num", "1", "--steps", "40", "--batch-size", "1",
+           "--out", str(tmp_path / "s")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_MININTERVAL": "0"}, timeout=600)
+    assert run.returncode == 0, run.stderr
+    bar = [chunk for chunk in run.stderr.replace("\r", "\n").split("\n") if "synthesising" in chunk]
+    assert 1 <= len(bar) <= 8, len(bar)  # a few seconds of work: a handful of updates, against one per step (40) before

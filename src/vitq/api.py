@@ -92,6 +92,8 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, calib=None, *,
         "config": config.to_dict(),
         **result.to_dict(),
         "calibration_seconds": round(time.perf_counter() - start, 3),
+        # where the float model came from (a hub id or folder), so that tools can put it beside the result
+        "source": str(getattr(getattr(base, "config", None), "_name_or_path", "") or "") or None,
         "model_dtype": str(dtype_of(qmodel)).removeprefix("torch."),
         "quantized": summarize_points(qmodel),
     }

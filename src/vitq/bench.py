@@ -29,7 +29,19 @@ import torch
 RUNTIMES = (
     "torch-fp32", "torch-bf16", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-int8",
     "openvino-fp32", "openvino-bf16", "openvino-nncf-int8", "vitq-w8a8", "vitq-w8a8-ort", "vitq-w8a8-symattn",
+    "vitq-saved", "vitq-saved-ort", "vitq-saved-torch",
 )
+SAVED = ("vitq-saved", "vitq-saved-ort", "vitq-saved-torch")  # the user's own quantized folder (--model DIR)
+DEFAULT_FLOAT = tuple(r for r in RUNTIMES if r not in SAVED)
+DEFAULT_SAVED = ("torch-fp32", "ort-fp32", "openvino-fp32", "ort-static-int8", "openvino-nncf-int8", "vitq-w8a8", *SAVED)
+
+
+def default_runtimes(model_spec: str) -> tuple[str, ...]:
+    """A float model: every runtime but the saved-model rows; a saved vitq folder: the user's model
+    on each runtime next to its float source and the int8 peers."""
+    from .saving import is_saved_folder
+
+    return DEFAULT_SAVED if is_saved_folder(model_spec) else DEFAULT_FLOAT
 # vitq's export runs on OpenVINO when it is installed: on this project's AVX-512 VNNI CPU it ran the
 # same QDQ graph 1.3-2x faster than ONNX Runtime (see docs/deployment.md); vitq-w8a8-ort is the other.
 VITQ_RUNTIME_ORDER = ("openvino", "onnxruntime")
@@ -52,11 +64,13 @@ class Case:
     workdir: Path
     calib_batches: int = 16
     cache: dict = field(default_factory=dict)
+    quantized: torch.nn.Module | None = None  # a saved vitq model given as --model; ``model`` is then its float source
 
     def inputs(self, batch: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
         from .export.towers import example_inputs
 
-        return example_inputs(self.model, self.tower, batch or self.batch_size, self.seq_len, seed)
+        return example_inputs(self.model if self.model is not None else self.quantized, self.tower, batch or self.batch_size,
+                              self.seq_len, seed)
 
     def feeds(self, batch: int | None = None, seed: int = 0) -> dict:
         from .export.towers import SIGNATURES
@@ -82,6 +96,21 @@ def build_model(spec: str) -> torch.nn.Module:
     from .saving import load_any
 
     return load_any("zoo:clip-tiny" if spec == "clip-tiny" else spec)
+
+
+def float_source(quantized: torch.nn.Module) -> torch.nn.Module | None:
+    """The float model a saved vitq model was quantized from, when its folder records it and it
+    loads here; else None (the float rows are then skipped, with the reason)."""
+    from .errors import VitqError
+    from .models.loading import load_model
+
+    source = (quantized.vitq_info or {}).get("source")
+    if not source:
+        return None
+    try:
+        return load_model(source)
+    except (VitqError, OSError):
+        return None
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -112,13 +141,13 @@ def fp32_onnx(case: Case) -> Path:
     path = case.workdir / f"fp32_{case.tower}.onnx"
     if not path.exists():
         from .export.onnx_qdq import _dynamic_axes
-        from .export.towers import SIGNATURES
+        from .export.towers import SIGNATURES, output_name
 
-        inputs, output = SIGNATURES[case.tower]
+        inputs, output = SIGNATURES[case.tower][0], output_name(case.model, case.tower)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(_torch_tower(case.model, case.tower), case.inputs(2), str(path), dynamo=False, opset_version=17,
-                              input_names=list(inputs), output_names=[output], dynamic_axes=_dynamic_axes(case.tower))
+                              input_names=list(inputs), output_names=[output], dynamic_axes=_dynamic_axes(case.tower, output))
     return path
 
 
@@ -317,6 +346,50 @@ def build_vitq_w8a8_ort(case):
     return _ort_runner(path, case), _file_bytes(path), "vitq minmax W8A8 QDQ export on ONNX Runtime"
 
 
+def _saved(case: Case) -> torch.nn.Module:
+    if case.quantized is None:
+        raise Skip("needs a saved vitq folder as --model")
+    return case.quantized
+
+
+def _describe_saved(q) -> str:
+    info = q.vitq_info
+    return f"your model ({info.get('method')} {info.get('config', {}).get('bits', '')})"
+
+
+def saved_export(case: Case) -> Path:
+    """The user's own quantized model, exported as it is (no re-calibration), once per case."""
+    q = _saved(case)
+    if "saved" not in case.cache:
+        from .export import export_onnx
+
+        case.cache["saved"] = export_onnx(q, case.workdir / "saved", towers=[case.tower]) / f"{case.tower}.onnx"
+    return case.cache["saved"]
+
+
+def build_vitq_saved(case):
+    import importlib.util
+
+    q = _saved(case)
+    if importlib.util.find_spec("openvino") is None:
+        return build_vitq_saved_ort(case)
+    path = saved_export(case)
+    return _ov_runner(str(path), case, "f32"), _file_bytes(path), f"{_describe_saved(q)}, its QDQ export on OpenVINO"
+
+
+def build_vitq_saved_ort(case):
+    q = _saved(case)
+    _need("onnxruntime", "onnxruntime")
+    path = saved_export(case)
+    return _ort_runner(path, case), _file_bytes(path), f"{_describe_saved(q)}, its QDQ export on ONNX Runtime"
+
+
+def build_vitq_saved_torch(case):
+    q = _saved(case)
+    module = _torch_tower(q, case.tower)
+    return _torch_runner(module, case), _state_bytes(module), f"{_describe_saved(q)}, simulated (fake-quant) in PyTorch"
+
+
 BUILDERS: dict[str, Callable] = {name: globals()["build_" + name.replace("-", "_")] for name in RUNTIMES}
 
 
@@ -356,6 +429,8 @@ def measure(case: Case, runtime: str, warmup: int = 1, repeats: int = 3) -> dict
     peak_ok = _reset_peak()
     before = _rss_kib("VmRSS")
     try:
+        if case.model is None and runtime not in SAVED:
+            raise Skip("the saved folder does not say which float model it came from")
         run, size, note = BUILDERS[runtime](case)
         times = time_runner(run, warmup, repeats)
     except Skip as why:
@@ -394,8 +469,12 @@ def run_benchmark(model_spec: str, towers=TOWERS, batch_sizes=(1, 32), runtimes=
     from .export.towers import towers_of
 
     model = build_model(model_spec)
-    towers = [t for t in towers if t in towers_of(model)]
-    cfg = getattr(model.config, "text_config", model.config)
+    quantized = None
+    if getattr(model, "vitq_info", None) is not None:  # a saved quantized folder: bench it beside its float source
+        quantized, model = model, float_source(model)
+    shape_of = model if model is not None else quantized
+    towers = [t for t in towers if t in towers_of(shape_of)]
+    cfg = getattr(shape_of.config, "text_config", shape_of.config)
     seq = min(seq_len, int(getattr(cfg, "max_position_embeddings", seq_len)))
     rows = []
     jobs = [(t, b, r) for t in towers for b in batch_sizes for r in runtimes]
@@ -403,9 +482,9 @@ def run_benchmark(model_spec: str, towers=TOWERS, batch_sizes=(1, 32), runtimes=
         cases = {}
         bar = tqdm(jobs, desc=f"bench {model_spec}", disable=not progress)
         for tower, batch, runtime in bar:
-            bar.set_postfix_str(f"{tower} b{batch} {runtime}")
-            base = cases.setdefault(tower, Case(model, tower, batch, seq, Path(tmp)))
-            case = Case(model, tower, batch, seq, Path(tmp), cache=base.cache)
+            bar.set_postfix_str(f"{tower} b{batch} {runtime}", refresh=False)
+            base = cases.setdefault(tower, Case(model, tower, batch, seq, Path(tmp), quantized=quantized))
+            case = Case(model, tower, batch, seq, Path(tmp), cache=base.cache, quantized=quantized)
             row = measure(case, runtime, warmup, repeats)
             row.update(model=model_spec, threads=torch.get_num_threads(), seq_len=seq if tower == "text" else None)
             rows.append(row)

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = bool(getattr(args, "quiet", False))
     if quiet:
         _library_bars(False)  # transformers' "Loading weights" bar too
+    restore = None if sys.stderr.isatty() else _bars_for_logs()
     try:
         return int(args._run(args) or 0)
     except VitqError as err:
@@ -55,6 +56,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if quiet:
             _library_bars(True)
+        if restore is not None:
+            restore()
+
+
+LOG_INTERVAL_S = 10.0
+
+
+def _bars_for_logs():
+    """Progress bars written to a log or a pipe (not a terminal) update every ``LOG_INTERVAL_S``
+    seconds instead of many times a second, so a log gets a line now and then, not a flood of
+    carriage returns. Returns the function that undoes it."""
+    import functools
+
+    import tqdm
+
+    original = tqdm.std.tqdm.__init__
+    tqdm.std.tqdm.__init__ = functools.partialmethod(original, mininterval=LOG_INTERVAL_S)
+
+    def restore():
+        tqdm.std.tqdm.__init__ = original
+
+    return restore
 
 
 def _library_bars(on: bool) -> None:

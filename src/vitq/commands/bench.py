@@ -21,9 +21,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure speed of PyTorch, ONNX Runtime, OpenVINO and vitq's integer export",
                        description="Median ms/image (after warm-up) of each tower on each runtime, with speed-up over PyTorch FP32.")
     p.add_argument("--model", default="clip-vit-b32",
-                   help=f"{', '.join(MODELS)} (random weights for the full-size configs), or any model spec (folder, zoo:NAME)")
+                   help=f"{', '.join(MODELS)} (random weights for the full-size configs), any model spec (folder, zoo:NAME), "
+                        "or a folder written by vitq quantize (timed as it is, next to the float model it came from)")
     p.add_argument("--batch-size", default="1,32", help="comma-separated batch sizes (default 1,32)")
-    p.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma-separated subset of: {', '.join(RUNTIMES)}")
+    p.add_argument("--runtimes", help=f"comma-separated subset of: {', '.join(RUNTIMES)} (default: all but the vitq-saved rows; "
+                                       "for a saved vitq folder, that model on each runtime beside its float source and the int8 peers)")
     p.add_argument("--towers", default=",".join(TOWERS), help="image, text or image,text")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is reported (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
@@ -36,9 +38,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..errors import ConfigError
-    from ..bench import RUNTIMES, TOWERS, format_table, run_benchmark
+    from ..bench import RUNTIMES, TOWERS, default_runtimes, format_table, run_benchmark
 
-    runtimes = _list(args.runtimes, RUNTIMES, "runtime")
+    runtimes = _list(args.runtimes or ",".join(default_runtimes(args.model)), RUNTIMES, "runtime")
     towers = _list(args.towers, TOWERS, "tower")
     try:
         batches = [int(b) for b in args.batch_size.split(",") if b.strip()]

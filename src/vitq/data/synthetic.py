@@ -348,7 +348,7 @@ def synthesize(model: nn.Module, num: int, cfg: SynthesisConfig = SynthesisConfi
                     with torch.no_grad():
                         x.copy_(torch.max(torch.min(x, high.to(x).view(1, 3, 1, 1)), low.to(x).view(1, 3, 1, 1)))
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
                 out.append(x.detach().cpu())
     finally:
         for p in frozen:

@@ -160,7 +160,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, num_examples: int,
                 scheduler.step()
             total += loss.item()
             lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{total / (i + 1):.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{total / (i + 1):.3f}", lr=f"{lr:.2e}", refresh=False)  # shown at the next update: a log gets no line per step
         bar.close()
         seconds = time.time() - start
         model.eval()
