@@ -445,3 +445,23 @@ def test_graph_outputs_have_the_usual_names_and_metadata(clip_w8a8, models, tmp_
     q = _quantize(models["ViTForImageClassification"], calib=[sample_inputs()["pixel_values"]])
     cls_out = export_onnx(q, tmp_path / "cls", check=0)
     assert [o.name for o in onnx.load(str(cls_out / "image.onnx")).graph.output] == ["logits"]
+
+
+def test_cli_export_writes_openvino_ir_that_agrees(models, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from vitq.cli import main
+
+    q = _quantize(models["ViTForImageClassification"], calib=[sample_inputs()["pixel_values"]])
+    vitq.save(q, tmp_path / "m")
+    assert main(["export", "--model", str(tmp_path / "m"), "--format", "openvino", "--check", "2", "--quiet"]) == 0
+    out = tmp_path / "m" / "onnx"
+    assert (out / "image.xml").is_file() and (out / "image.bin").is_file() and (out / "image.onnx").is_file()
+    assert "OpenVINO IR" in capsys.readouterr().out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    import openvino as ov
+
+    x = sample_inputs(seed=3)["pixel_values"]
+    got = ov.Core().compile_model(str(out / "image.xml"), "CPU")({"pixel_values": x.numpy()})[0]
+    with torch.no_grad():
+        sim = q(pixel_values=x).logits
+    assert float(_cosine(torch.from_numpy(np.asarray(got)), sim).min()) > 0.99

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -12,7 +12,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Export a folder written by `vitq quantize` to QDQ ONNX graphs with vitq's own "
                                    "scales and zero-points; ONNX Runtime and OpenVINO run them on integer kernels.")
     p.add_argument("--model", required=True, help="a folder written by `vitq quantize` (or vitq.save)")
-    p.add_argument("--format", default="onnx", help="export format (only onnx: QDQ ONNX)")
+    p.add_argument("--format", default="onnx", help="onnx (QDQ ONNX, the default) or openvino (the same graphs, plus OpenVINO IR "
+                                                       "image.xml/.bin beside them, checked against ONNX Runtime)")
     p.add_argument("--out", help="output folder (default: MODEL/onnx); gets image.onnx, text.onnx, export.json")
     p.add_argument("--towers", default="image,text", help="image, text or image,text (default: every tower the model has)")
     p.add_argument("--check", type=int, default=8, metavar="N",
@@ -62,6 +63,11 @@ def run(args) -> int:
             if checked["weight_only_linears"]:
                 line += f", {len(checked['weight_only_linears'])} weight-only (float) linears"
         print(line)
+    if args.format.lower() == "openvino":
+        from ..export.openvino_ir import write_openvino_ir
+
+        for tower, info in write_openvino_ir(model, out, list(meta["towers"])).items():
+            print(f"{tower}: OpenVINO IR {out / info['files'][0]} (+ .bin); cosine to ONNX Runtime {info['cosine_to_onnxruntime_min']:.5f} min")
     from ..export.sizes import format_size_report, size_report
 
     print(format_size_report(size_report(model, folder, out)))
