@@ -84,10 +84,7 @@ def score_row(model, label, name, method, bits, data, options, args, tokenizer) 
             row["avg_bits"] = f"W{mp['average_w_bits']:.2f}/A{mp['average_a_bits']:.2f}"
         if info["cycles"] and info["search"]:  # the first cycle's: later cycles search on other images
             row["fitness"] = f"{info['cycles'][0]['fitness_before']:.1f} → {info['cycles'][0]['fitness_after']:.1f}"
-    for ds in datasets:
-        m = common.score(q, task, ds, args, tokenizer)
-        row[f"{ds}_top1"], row[f"{ds}_n"] = m["top1"], m["n"]
-    return row
+    return common.score_into(row, q, task, datasets, args, tokenizer)
 
 
 def table(rows) -> str:

@@ -80,6 +80,14 @@ def score(model, task: str, dataset: str, args, tokenizer=None, train: str | Non
     return dict(result["metrics"], n=result["num_examples"])
 
 
+def score_into(row: dict, model, task: str, datasets, args, tokenizer=None) -> dict:
+    """``row`` with ``<dataset>_top1`` and ``<dataset>_n`` for each test set."""
+    for ds in datasets:
+        m = score(model, task, ds, args, tokenizer)
+        row[f"{ds}_top1"], row[f"{ds}_n"] = m["top1"], m["n"]
+    return row
+
+
 def size_mb(model) -> float:
     """Model size as the papers report it: parameters x bits / 8, in MB (10^6 bytes)."""
     return model_size(model)["bytes"] / 1e6

@@ -49,10 +49,7 @@ def score_row(model, label: str, name: str, method: str | None, bits: str, optio
         mp = (q.vitq_info.get("liu2021") or {}).get("mixed_precision")
         if mp:
             row["avg_bits"] = mp["average_bits"]
-    for ds in datasets:
-        m = common.score(q, task, ds, args, tokenizer)
-        row[f"{ds}_top1"], row[f"{ds}_n"] = m["top1"], m["n"]
-    return row
+    return common.score_into(row, q, task, datasets, args, tokenizer)
 
 
 def table(rows) -> str:
