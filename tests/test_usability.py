@@ -124,11 +124,12 @@ def test_calibration_data_takes_any_iterable_with_a_transform(tmp_path):
 def test_the_declared_torch_range_is_the_one_tested():
     """pyproject's torch range must admit the torch these tests run on, and its lower bound must be
     that release's: a lower bound no test runs would claim support nobody checked."""
-    import tomllib
     from pathlib import Path
 
     import torch
     from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     from packaging.version import Version
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]

@@ -13,15 +13,13 @@ SIGNATURES = {"image": (("pixel_values",), "image_embeds"), "text": (("input_ids
 
 def output_name(model: nn.Module, tower: str) -> str:
     """The graph output's name as Optimum and transformers users know it: ``logits`` for a
-    classifier's image tower, else ``image_embeds`` / ``text_embeds``."""
+    classifier's image tower (a model with a task head and no projection to a shared space), else
+    ``image_embeds`` / ``text_embeds``. Read from the structure: running the model here would
+    disturb an export-mode model's state."""
     from ..models.adapter import unwrap
 
-    inner = unwrap(model)
-    if tower == "image" and not hasattr(inner, "get_image_features"):
-        with torch.no_grad():
-            out = inner(pixel_values=example_inputs(model, "image", batch=1)[0])
-        if getattr(out, "logits", None) is not None:
-            return "logits"
+    if tower == "image" and not hasattr(unwrap(model), "get_image_features") and family_of(model).heads:
+        return "logits"
     return SIGNATURES[tower][1]
 
 
