@@ -240,6 +240,8 @@ def test_synth_command_writes_pngs_and_targets_and_quantize_takes_synthetic(tmp_
     assert main(["quantize", "--model", "zoo:deit-tiny", "--method", "minmax", "--calib", "synthetic", "--num-calib", "2",
                  "--synth-steps", "2", "--batch-size", "2", "--out", str(q_out), "--quiet"]) == 0
     assert "synthesised 2 calibration images" in capsys.readouterr().out
+    assert main(["quantize", "--model", "zoo:clip-tiny", "--method", "p4q", "--calib", "synthetic", "--out", str(tmp_path / "p")]) == 2
+    assert "trains on labelled images" in capsys.readouterr().err and not (tmp_path / "p").exists()
     assert main(["quantize", "--model", "zoo:deit-tiny", "--method", "minmax", "--calib", str(out), "--num-calib", "3",
                  "--out", str(tmp_path / "q2"), "--quiet"]) == 0  # the PNG folder calibrates like real images
 

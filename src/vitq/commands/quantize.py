@@ -150,7 +150,11 @@ def run(args) -> int:
 
     method = get_method(cfg.method)  # fail on an unknown method or option before any slow work
     checkpoints = _checkpoint_options(method, cfg, args)
-    if "train_data" in {name for name, _, _ in method.options.describe()} and args.calib and not cfg.options.get("train_data"):
+    trains_on_labels = "train_data" in {name for name, _, _ in method.options.describe()}
+    if trains_on_labels and args.calib == "synthetic" and not cfg.options.get("train_data"):
+        raise ConfigError(f"the {method.name} method trains on labelled images, which synthetic calibration does not give",
+                          hint="pass a folder (or .zip) of class subfolders with --calib")
+    if trains_on_labels and args.calib and not cfg.options.get("train_data"):
         cfg.options = {**cfg.options, "train_data": args.calib}  # a method that trains (p4q) learns on the --calib images
     method.parse_options(cfg.options)
     needs_calib = method.needs_calibration

@@ -243,7 +243,6 @@ def _clamp(model, cfg: QuantConfig, opts: ClampOptions, data, images, progress: 
                              "population": opts.population, "generations": opts.generations, "mutation": opts.mutation}}
     if plan_details:
         details["clamp_vit"]["mixed_precision"] = plan_details
-    model.vitq_synthetic = images  # the last cycle's images, for `vitq synth` and the benchmark (not saved)
     return model, MethodResult.from_prepare(summary, calibration="sequential", details=details)
 
 
