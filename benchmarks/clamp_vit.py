@@ -159,6 +159,10 @@ def main() -> None:
                 rows.append(score_row(model, label, name, method, "W4A8", data[source], options, args, tokenizer))
                 print(table(rows[-1:]), flush=True)
         if not args.skip_ablations:
+            if args.ablation_spec not in ([] if args.specs == "none" else args.specs.split(",")):
+                row = score_row(model, label, "defaults (32, 3, 2)", "clamp-vit", args.ablation_spec, data["clamp"], {}, args, tokenizer)
+                ablations.append(row)  # the reference the changed settings are read against
+                print(table(ablations[-1:]), flush=True)
             for key, values in ABLATIONS.items():
                 for v in values:
                     cfg = SynthesisConfig(recipe="clamp", steps=args.steps, seed=args.seed, **{key: v},

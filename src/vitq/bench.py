@@ -98,21 +98,6 @@ def build_model(spec: str) -> torch.nn.Module:
     return load_any("zoo:clip-tiny" if spec == "clip-tiny" else spec)
 
 
-def float_source(quantized: torch.nn.Module) -> torch.nn.Module | None:
-    """The float model a saved vitq model was quantized from, when its folder records it and it
-    loads here; else None (the float rows are then skipped, with the reason)."""
-    from .errors import VitqError
-    from .models.loading import load_model
-
-    source = (quantized.vitq_info or {}).get("source")
-    if not source:
-        return None
-    try:
-        return load_model(source)
-    except (VitqError, OSError):
-        return None
-
-
 # -- helpers ------------------------------------------------------------------------------------
 def _state_bytes(tower: torch.nn.Module) -> int:
     """Serialized size of the tensors of this tower only (a dual encoder holds both towers)."""
@@ -471,6 +456,8 @@ def run_benchmark(model_spec: str, towers=TOWERS, batch_sizes=(1, 32), runtimes=
     model = build_model(model_spec)
     quantized = None
     if getattr(model, "vitq_info", None) is not None:  # a saved quantized folder: bench it beside its float source
+        from .saving import float_source
+
         quantized, model = model, float_source(model)
     shape_of = model if model is not None else quantized
     towers = [t for t in towers if t in towers_of(shape_of)]

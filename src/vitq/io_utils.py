@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,48 @@ def check_output_file(path: str | Path | None, flag: str = "output") -> None:
             if not os.access(parent, os.W_OK):
                 raise ConfigError(f"{flag} {path} cannot be written: no permission in {parent}", hint="choose a writable folder")
             return
+
+
+def check_output_dir(out: str | Path, overwrite: bool, what: str = "the saved model") -> Path:
+    """Fail before any slow work when ``out`` cannot become a new folder (it is a file, or a folder
+    with something in it and ``overwrite`` is off)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} is a file", hint=f"give a folder path for {what}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {out} already exists", hint="choose a new folder or pass --overwrite (overwrite=True) to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path):
+    """Yield a temporary folder beside ``out``; when the block ends without error it replaces
+    ``out`` in one rename, so readers see the old folder or the complete new one."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _swap_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

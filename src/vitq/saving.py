@@ -18,8 +18,6 @@ half-written folder nor damages the previous one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -27,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
-from .io_utils import file_sha256
-from .errors import ConfigError, IntegrityError, ModelError
+from .io_utils import atomic_folder, check_output_dir, file_sha256
+from .errors import IntegrityError, ModelError
 from .nn import QuantConv2d, QuantLinear, quant_state, quantizers
 from .nn.structure import describe_structure, rebuild_structure
 from .quant.packing import pack_codes, unpack_codes
@@ -68,31 +66,14 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output path {out} is a file", hint="give a folder path for the saved model")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {out} already exists", hint="choose a new folder or pass --overwrite (overwrite=True) to replace it")
-    return out
-
-
 def save(model: nn.Module, out: str | Path, overwrite: bool = False) -> Path:
     """Save a quantized model (from :func:`vitq.quantize`) to a folder; returns the folder."""
     info = getattr(model, "vitq_info", None)
     if info is None:
         raise ModelError("this model was not quantized by vitq", hint="call vitq.quantize(model, config, calib) first")
     out = check_output_dir(out, overwrite)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         _write_folder(model, info, tmp)
-        _swap_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -143,20 +124,6 @@ def _write_folder(model: nn.Module, info: dict, folder: Path) -> None:
     _write_json(folder / "manifest.json", {"sha256": manifest})
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def verify_folder(folder: str | Path) -> dict:
     """Check every file against the manifest written at save time; return the vitq config."""
     folder = Path(folder)
@@ -178,6 +145,21 @@ def verify_folder(folder: str | Path) -> dict:
 
 def is_saved_folder(path: str | Path) -> bool:
     return (Path(path) / "vitq_config.json").is_file()
+
+
+def float_source(quantized: nn.Module) -> nn.Module | None:
+    """The float model a saved vitq model was quantized from, when its folder records it and it
+    loads here; else None."""
+    from .errors import VitqError
+    from .models.loading import load_model
+
+    source = (getattr(quantized, "vitq_info", None) or {}).get("source")
+    if not source:
+        return None
+    try:
+        return load_model(source)
+    except (VitqError, OSError):
+        return None
 
 
 def _add_folded_biases(model: nn.Module, tensors: dict) -> None:

@@ -2,4 +2,4 @@
 
 # Order here is the order shown by ``vitq --help``; later features append their module name.
 COMMANDS = ["quantize", "info", "eval"]
-COMMANDS += ["export", "bench", "demo", "synth"]
+COMMANDS += ["export", "bench", "demo", "synth", "report"]

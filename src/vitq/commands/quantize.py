@@ -208,6 +208,10 @@ def run(args) -> int:
             print(f"calibrating the text tower on {batches.text_source} from {where}")
     # the CLI's float model is its own: quantize it in place (no second copy in memory)
     qmodel = quantize(model, cfg, calib=batches, progress=not args.quiet, device=args.device, inplace=True)
+    if args.calib and not synthetic:
+        from pathlib import Path
+
+        qmodel.vitq_info["calibration_data"] = str(Path(args.calib).resolve())  # `vitq report` analyses on the same images
     save(qmodel, args.out, overwrite=args.overwrite)
     if checkpoints is not None and not args.checkpoint_dir:
         import shutil
