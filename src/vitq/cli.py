@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = bool(getattr(args, "quiet", False))
     if quiet:
         _library_bars(False)  # transformers' "Loading weights" bar too
+        # diffusers, imported when a class name is looked up, warns about torchao versions at import
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     restore = None if sys.stderr.isatty() else _bars_for_logs()
     try:
         return int(args._run(args) or 0)
