@@ -69,6 +69,11 @@ def quant_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def kind_of(q: TensorQuantizer) -> str:
+    """``uniform per-tensor``, ``uniform per-channel``, ``log2_parity``, ...: how a point quantizes."""
+    return q.kind if q.kind != "uniform" else f"uniform {'per-tensor' if q.axis is None else 'per-channel'}"
+
+
 def summarize_points(model: nn.Module) -> dict[str, dict]:
     """Which tensors are quantized, by role: how many points, at which bits, with which quantizers.
 
@@ -82,6 +87,5 @@ def summarize_points(model: nn.Module) -> dict[str, dict]:
         entry = out.setdefault(role, {"count": 0, "bits": set(), "quantizers": set()})
         entry["count"] += 1
         entry["bits"].add(q.bits)
-        where = "" if q.kind != "uniform" else (" per-tensor" if q.axis is None else " per-channel")
-        entry["quantizers"].add(q.kind + where)
+        entry["quantizers"].add(kind_of(q))
     return {r: {"count": e["count"], "bits": sorted(e["bits"]), "quantizers": sorted(e["quantizers"])} for r, e in sorted(out.items())}

@@ -22,9 +22,6 @@ from .analysis import Analysis, analyze
 from .render import fmt, to_html, to_markdown
 from .results import Inputs, read_inputs
 
-MATRIX_SIZE = 16  # images × texts in the similarity plot
-
-
 def _slug(path: Path, index: int) -> str:
     return f"m{index}-" + re.sub(r"[^A-Za-z0-9]+", "-", path.resolve().name).strip("-")[:40]
 
@@ -91,7 +88,7 @@ def _model_section(path: Path, index: int, folder: Path, opts: dict) -> tuple[tu
     """Analyse one saved model; returns its section and its data for report.json."""
     from ..data.calibration import calibration_batches
     from ..data.preprocess import image_transform
-    from ..eval.fidelity import save_similarity_plot
+    from ..eval.fidelity import MATRIX_SIZE, save_similarity_plot
     from ..models.loading import load_model
     from ..models.tokenizers import resolve_tokenizer
     from ..saving import float_source, load

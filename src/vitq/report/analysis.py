@@ -26,6 +26,7 @@ from torch import nn
 from ..calib.recorder import first_tensor
 from ..models.adapter import adapter_of
 from ..nn import TensorQuantizer, points_disabled
+from ..nn.state import kind_of
 
 SAMPLES = 20000  # values kept per histogram
 
@@ -140,10 +141,7 @@ def _describe(points: list[TensorQuantizer], enabled: dict[int, bool]) -> dict:
     described = [p.describe() for p in on]
     lows = [d["scale_min"] for d in described if d.get("scale_min") is not None]
     highs = [d["scale_max"] for d in described if d.get("scale_max") is not None]
-    parts = []
-    for p in on:
-        where = "" if p.kind != "uniform" else (" per-tensor" if p.axis is None else " per-channel")
-        parts.append(f"{p.role or 'point'}: {p.kind}{where} {p.bits}b")
+    parts = [f"{p.role or 'point'}: {kind_of(p)} {p.bits}b" for p in on]
     return {"bits": "/".join(str(p.bits) for p in on) or "off", "quantizer": "; ".join(parts) or "off",
             "scale_min": min(lows) if lows else None, "scale_max": max(highs) if highs else None}
 
