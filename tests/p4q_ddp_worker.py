@@ -31,7 +31,7 @@ def toy_setup():
     with torch.no_grad():
         adapter.fc2.weight.normal_(0, 0.1, generator=g)
     projection = attach_image_adapter(model, adapter, 0.2)
-    opts = P4QOptions(epochs=2, batch_size=8, prompt_lr=0.05, adapter_lr=0.01)
+    opts = P4QOptions(epochs=1, batch_size=8, prompt_lr=0.05, adapter_lr=0.01)
     return model, data, opts, prompt, projection
 
 

@@ -51,9 +51,10 @@ def test_two_processes_train_the_prompt_and_adapter_like_one(tmp_path):
     _, _, _, prompt, projection = toy_setup()
     start = {"prompt.ctx": prompt.ctx, "adapter.fc1.weight": projection.adapter.fc1.weight, "adapter.fc2.weight": projection.adapter.fc2.weight}
     assert set(a) == set(b)
-    # float sums over 4 and 8 rows differ in the last bits, and an 8-bit rounding may flip: 1e-4,
-    # against parameters that training moved by far more
+    # One epoch (three steps): float sums over 4 and 8 rows differ in the last bits (1e-7 seen), against
+    # parameters that training moved by 1e-2. Longer runs can meet a weight at a rounding tie of its
+    # 8-bit grid, whose flipped code then sends training on another path (seen in a second epoch).
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-4), (k, (a[k] - b[k]).abs().max())
+        assert torch.allclose(a[k], b[k], atol=1e-6), (k, (a[k] - b[k]).abs().max())
     for k, v in start.items():
         assert (a[k] - v).abs().max() > 5e-3, k

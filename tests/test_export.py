@@ -10,7 +10,7 @@ from conftest import needs_data, sample_inputs
 
 import vitq
 from vitq.errors import ConfigError, ModelError
-from vitq.nn import quantizers
+from vitq.nn import QuantEmbedding, quantizers
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -97,14 +97,25 @@ def test_graph_has_vitq_scales_int8_weights_and_float_norms(clip_w8a8):
         # Weights: one-byte integer initializers feeding DequantizeLinear with vitq's per-channel scales
         # (int8, or uint8 with the zero-point moved by 128 where this CPU's u8 x s8 kernels saturate).
         codes = _weight_codes(graph)
+        tables = [(n, p) for n, p in points if p.role == "weight" and isinstance(q.get_submodule(n.rpartition(".")[0]), QuantEmbedding)]
+        assert len(tables) == (tower == "text")  # the text tower's token embedding has rows on a grid
+        weights = [p for n, p in points if p.role == "weight" and (n, p) not in tables]
         assert len(codes) == len(weights)
+        consts = _constants(graph)
+        for name, p in tables:  # the table's int8 codes are gathered, then only those rows dequantized
+            gathered = [n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in consts
+                        and consts[n.input[0]].dtype == np.int8 and consts[n.input[0]].ndim == 2]
+            assert len(gathered) == 1
+            table = q.get_submodule(name.rpartition(".")[0])
+            assert np.array_equal(consts[gathered[0]], p.quantizer.quantize(table.weight.detach()).numpy().astype(np.int8))
+            assert not [n for n in graph.node if n.op_type == "DequantizeLinear" and gathered[0] in n.input]
         shift = 128 if any(c.dtype == np.uint8 for c, _ in codes) else 0
         weight_scales = {_key(s, np.asarray(z).astype(int) - (shift if np.asarray(z).dtype == np.uint8 else 0))
                          for s, z in _qdq_params(graph, "DequantizeLinear")}
         assert {_key(p.quantizer.scale.detach(), p.quantizer.zero_point) for p in weights} <= weight_scales
         float_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and min(t.dims) > 16]
         names = [t.name for t in float_weights]
-        assert all("embedding" in n or "position" in n for n in names), names  # only embedding tables stay float
+        assert all("position" in n for n in names), names  # only position tables stay float
 
 
 def test_onnxruntime_agrees_with_simulation(clip_w8a8, models):
@@ -164,7 +175,10 @@ def test_w4a4_exports_unpacked_to_int8(models, tmp_path):
 
     vitq.save(q, tmp_path / "m")
     sizes = size_report(q, tmp_path / "m", out)
-    packed = sizes["quantized_weight_params"] // 2  # two 4-bit codes per byte in the saved folder
+    # two 4-bit codes per byte for the linears; the token table's rows stay 8-bit
+    table = q.text_model.embeddings.token_embedding
+    assert isinstance(table, QuantEmbedding) and table.weight_quantizer.bits == 8
+    packed = (sizes["quantized_weight_params"] - table.weight.numel()) // 2 + table.weight.numel()
     assert sizes["theoretical_bytes"] == packed + 4 * sizes["float_params"]
     assert sizes["safetensors_bytes"] >= sizes["theoretical_bytes"] and sizes["onnx_bytes"] > 0
 
@@ -284,36 +298,99 @@ def _zoo_clip():
     return zoo.load("clip-tiny")
 
 
-@needs_data("cifar10")
-def test_zoo_clip_export_agrees_on_real_images(tmp_path):
+@pytest.fixture(scope="module")
+def zoo_clip_export(tmp_path_factory):
+    """zoo:clip-tiny at W8A8 (minmax), images calibrated on 32 CIFAR-10 test images and text on 64
+    Flickr8k captions, exported; with 48 more images and the ten class prompts to score."""
+    from conftest import has_data
+
+    if not (has_data("cifar10") and has_data("flickr8k-1k", "captions.csv")):
+        pytest.skip("real data cifar10 and flickr8k-1k not available (set VITQ_DATA)")
     model = _zoo_clip()
     if model is None:
         pytest.skip("zoo:clip-tiny has no weights yet")
     from vitq import zoo
     from vitq.data import ImageFolder, data_root, image_transform
+    from vitq.data.captions import read_caption_csv
 
     images = ImageFolder(data_root() / "cifar10" / "test", transform=image_transform(model), limit=80)
     x = torch.stack([images[i][0] for i in range(len(images))])
-    tok = zoo.tokenizer("clip-tiny")([f"a photo of a {c.name}" for c in images.classes], padding=True, return_tensors="pt")
-    calib = [{"pixel_values": x[:32], "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}]
+    tokenize = zoo.tokenizer("clip-tiny")
+    prompts = tokenize([f"a photo of a {c.name}" for c in images.classes], padding=True, return_tensors="pt")
+    captions = tokenize([c for _, c in read_caption_csv(data_root() / "flickr8k-1k" / "captions.csv")[:64]],
+                        padding=True, return_tensors="pt")
+    calib = [{"pixel_values": x[:32], "input_ids": captions["input_ids"], "attention_mask": captions["attention_mask"]}]
     q = _quantize(model, calib=calib)
-    m = ExportedModel(export_onnx(q, tmp_path / "onnx"))
-    img, ref = m.encode_image(x[32:]), _simulated(q, "image", x[32:])
+    return q, export_onnx(q, tmp_path_factory.mktemp("zoo_clip") / "onnx"), x[32:], prompts, captions
+
+
+def test_zoo_clip_export_agrees_on_real_images(zoo_clip_export):
+    q, folder, x, tok, _ = zoo_clip_export
+    m = ExportedModel(folder)
+    img, ref = m.encode_image(x), _simulated(q, "image", x)
     txt, ref_txt = m.encode_text(tok["input_ids"], tok["attention_mask"]), _simulated(q, "text", tok["input_ids"], tok["attention_mask"])
     # The runtime's float ops (LayerNorm, GELU, accumulation order) can move a value across a rounding
-    # boundary of a coarse activation quantizer (MiniLM has large outliers), so one embedding may
-    # differ a little more; on average they agree to 0.999.
+    # tie of an activation quantizer. In MiniLM at W8A8 one such code flips a few more in each later
+    # layer (test below), so one text embedding may differ by a few percent; on average they agree to 0.999.
     for got, want in ((img, ref), (txt, ref_txt)):
         cos = _cosine(got, want)
         assert cos.mean() >= 0.999 and cos.min() >= 0.99
-    # Zero-shot scores agree to 0.02 in cosine, so the predictions agree except at near-ties: an image
-    # whose two best classes the simulation separates by less than twice that may flip (one of 48 did).
+    # Zero-shot scores then agree to 0.05 in cosine (0.038 seen, from the one prompt whose embedding a
+    # flipped tie moved; a mis-scaled kernel moves every prompt by 0.1 or more), so the predictions
+    # agree except at near-ties: an image whose two best classes the simulation separates by less than
+    # twice that may flip (three of 48 did).
     norm = lambda t: t / t.norm(dim=-1, keepdim=True)  # noqa: E731
     exported, simulated = norm(img) @ norm(txt).T, norm(ref) @ norm(ref_txt).T
-    assert (exported - simulated).abs().max() <= 0.02
+    assert (exported - simulated).abs().max() <= 0.05
     picked = simulated.gather(1, exported.argmax(-1, keepdim=True)).squeeze(1)
-    assert (picked >= simulated.max(-1).values - 0.04).all()
-    assert (exported.argmax(-1) == simulated.argmax(-1)).float().mean() >= 0.95
+    assert (picked >= simulated.max(-1).values - 0.1).all()
+    assert (exported.argmax(-1) == simulated.argmax(-1)).float().mean() >= 0.9
+
+
+def test_zoo_clip_text_export_differs_only_at_rounding_ties(zoo_clip_export):
+    """The exact statement behind the tolerances above: on each of 64 real captions, the runtime's
+    codes equal the simulation's at every activation point up to the first point where they differ,
+    and there every differing code comes from a value within float rounding of a tie (x/s = k + 1/2)."""
+    import onnxruntime as ort
+
+    from vitq.nn import TensorQuantizer
+
+    q, folder, _, _, captions = zoo_clip_export
+    graph = onnx.load(folder / "text.onnx")
+    constants = _constants(graph.graph)
+    points = [n for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+    for n in points:
+        graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(n.output[0]))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    # Node "/text_model/encoder/layer.0/.../input_quantizer/QuantizeLinear" is the point "...layer.0....input_quantizer".
+    quantizers = {name: m for name, m in q.named_modules() if isinstance(m, TensorQuantizer)}
+    by_node = {}
+    for n in points:
+        suffix = n.name.strip("/").removesuffix("/QuantizeLinear").replace("/", ".")
+        (by_node[n.name],) = [name for name in quantizers if name.endswith(suffix)]
+    for i in range(len(captions["input_ids"])):
+        length = int(captions["attention_mask"][i].sum())
+        ids, mask = captions["input_ids"][i:i + 1, :length], captions["attention_mask"][i:i + 1, :length]
+        seen = {}
+        hooks = [quantizers[name].register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, (inp[0], out)))
+                 for name in by_node.values()]
+        try:
+            _simulated(q, "text", ids, mask)
+        finally:
+            for h in hooks:
+                h.remove()
+        outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})))
+        for n in points:
+            scale = constants[n.input[1]].item()  # activations: one scale per tensor
+            zero = constants[n.input[2]]
+            x, fake = (t.double().numpy().reshape(outs[n.output[0]].shape) / scale for t in seen[by_node[n.name]])
+            wrong = outs[n.output[0]].astype(np.int64) != np.rint(fake) + zero.item()  # the simulation's codes
+            if wrong.any():
+                distance_to_tie = np.abs(np.abs(x[wrong] - np.floor(x[wrong])) - 0.5)
+                # Float order moves values by about 1e-6 of a step, so a tie is met on about half of the
+                # captions (29 of 64 seen); a scale 0.2% off gives codes a quarter step from any tie.
+                assert distance_to_tie.max() < 1e-4, (i, n.name, distance_to_tie.max())
+                break
 
 
 def test_export_verifies_and_reports_integer_kernels(models, tmp_path):

@@ -37,6 +37,11 @@ def test_folder_is_inspectable_and_packed(models, tmp_path):
     state = json.loads((out / "quant_state.json").read_text())
     point = state["vision_model.encoder.layers.0.mlp.fc1.weight_quantizer"]
     assert point["bits"] == 4 and point["kind"] == "uniform" and point["axis"] == 0 and len(point["scale"]) == w.shape[0]
+    # The token-embedding table is a weight too: 8-bit codes (one byte each) with one scale per row.
+    table = q.text_model.embeddings.token_embedding.weight
+    assert tensors["text_model.embeddings.token_embedding.weight.codes"].numel() == table.numel()
+    row_point = state["text_model.embeddings.token_embedding.weight_quantizer"]
+    assert row_point["bits"] == 8 and row_point["axis"] == 0 and len(row_point["scale"]) == table.shape[0]
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):

@@ -54,6 +54,7 @@ def parse_bits(spec: str | BitSpec) -> BitSpec:
 
 
 ATTENTION_ROLES = ("attn_q", "attn_k", "softmax", "attn_v", "attn_scores")
+WEIGHT_ROLES = ("weight", "embedding")  # a bit plan's W applies to both
 
 
 class BitPlan:
@@ -88,7 +89,7 @@ class BitPlan:
         spec = self.spec_for(layer)
         if spec is None:
             return None
-        if role == "weight":
+        if role in WEIGHT_ROLES:
             return spec.w
         return spec.attn if role in ATTENTION_ROLES else spec.a
 

@@ -27,7 +27,7 @@ from torch import nn
 from ._version import __version__
 from .io_utils import atomic_folder, check_output_dir, file_sha256
 from .errors import IntegrityError, ModelError
-from .nn import QuantConv2d, QuantLinear, quant_state, quantizers
+from .nn import WEIGHT_QUANT_LAYERS, quant_state, quantizers
 from .nn.structure import describe_structure, rebuild_structure
 from .quant.packing import pack_codes, unpack_codes
 from .quant.uniform import int_range
@@ -50,7 +50,7 @@ def _packed_weights(model: nn.Module) -> dict[str, dict]:
     """Weights stored as integer codes: those of layers whose uniform weight quantizer is active."""
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, (QuantLinear, QuantConv2d)) and m.weight_quantizer is not None and m.weight_quantizer.active:
+        if isinstance(m, WEIGHT_QUANT_LAYERS) and m.weight_quantizer is not None and m.weight_quantizer.active:
             if len(m.weight_parts()) > 1:
                 continue  # a split layer's halves have their own scales: its weight is stored as it is
             wq = m.weight_quantizer.quantizer

@@ -8,7 +8,10 @@
 3. ``gemms_to_matmuls``: ``Gemm(DQ(x), DQ(W), b, transB=1)`` (how a Linear on a 2-D input, such as
    a classifier head on the CLS token, is exported) becomes ``MatMul(DQ(x), DQ(Wᵀ)) + b``, which ORT
    fuses into an integer kernel; it leaves a QDQ Gemm with a float output in float.
-4. ``store_weights_unsigned``: int8 weight codes beyond [-64, 64] become uint8 codes + 128 with
+4. ``gather_rows_before_dequantize``: ``DequantizeLinear(table) -> Gather(ids)`` (a quantized
+   token-embedding table) becomes ``Gather(codes, ids) -> Cast -> Mul(Gather(scale, ids))``: only
+   the looked-up rows are dequantized, and the table stays int8 in memory on every runtime.
+5. ``store_weights_unsigned``: int8 weight codes beyond [-64, 64] become uint8 codes + 128 with
    the zero-point moved by 128 (the same values), for CPUs whose u8×s8 kernels saturate
    (see :mod:`vitq.export.cpu`); their u8×u8 kernels are exact.
 """
@@ -228,6 +231,54 @@ def gemms_to_matmuls(model: onnx.ModelProto) -> int:
     return count
 
 
+def gather_rows_before_dequantize(model: onnx.ModelProto) -> int:
+    """Gather the int8 rows of a per-row (or per-tensor) quantized table, then dequantize them: the
+    same values as dequantizing the whole table first, ((q - z) · s per element)."""
+    g = _Graph(model)
+    count, new_nodes, dead = 0, [], set()
+    for node in g.graph.node:
+        if id(node) in dead:
+            continue
+        dq = g.producer.get(node.input[0]) if node.op_type == "Gather" else None
+        codes = g.constant(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        scale = g.constant(dq.input[1]) if codes is not None else None
+        zp = g.constant(dq.input[2]) if codes is not None and len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
+        per_row = scale is not None and scale.size > 1 and _axis(dq) % max(codes.ndim, 1) == 0
+        if (codes is None or codes.ndim != 2 or scale is None or zp is None or _attr(node, "axis", 0) != 0
+                or not (per_row or scale.size == 1) or len(g.consumers[dq.output[0]]) != 1):
+            new_nodes.append(node)
+            continue
+        ids, out, base = node.input[1], node.output[0], node.name or out
+        table = g.resolve(dq.input[0])
+        rows = helper.make_node("Gather", [table, ids], [out + "_codes"], name=base + "_codes", axis=0)
+        as_float = helper.make_node("Cast", [rows.output[0]], [out + "_float"], name=base + "_cast", to=onnx.TensorProto.FLOAT)
+        steps, value = [rows, as_float], as_float.output[0]
+        last = g.add_initializer(np.array([-1], np.int64), "vitq_last_axis")
+
+        def per_row_constant(array: np.ndarray, tag: str) -> str:
+            """The constant's entries of the looked-up rows, shaped [..., 1]; a scalar as it is."""
+            if array.size == 1:
+                return g.add_initializer(array.reshape(()).astype(np.float32), f"{table}_{tag}")
+            name = g.add_initializer(array.reshape(-1).astype(np.float32), f"{table}_{tag}")
+            picked = helper.make_node("Gather", [name, ids], [f"{out}_{tag}_rows"], name=f"{base}_{tag}_rows", axis=0)
+            column = helper.make_node("Unsqueeze", [picked.output[0], last], [f"{out}_{tag}"], name=f"{base}_{tag}_column")
+            steps.extend([picked, column])
+            return column.output[0]
+
+        if np.any(zp != 0):
+            zero = per_row_constant(zp, "zero_point")
+            steps.append(helper.make_node("Sub", [value, zero], [out + "_centred"], name=base + "_centre"))
+            value = steps[-1].output[0]
+        steps.append(helper.make_node("Mul", [value, per_row_constant(scale, "scale")], [out], name=base + "_dequantize"))
+        new_nodes = [n for n in new_nodes if n is not dq] + steps
+        dead.add(id(dq))
+        count += 1
+    del g.graph.node[:]
+    g.graph.node.extend(n for n in new_nodes if id(n) not in dead)
+    g.prune_unused_initializers()
+    return count
+
+
 def inline_constant_identities(model: onnx.ModelProto) -> int:
     """Identity nodes that only forward an initializer (the exporter's de-duplication) are bypassed,
     so every QDQ scale and zero-point is read straight from an initializer."""
@@ -295,7 +346,8 @@ def optimize_qdq_graph(model: onnx.ModelProto, weight_dtype: str = "auto") -> di
     from .cpu import u8s8_saturates
 
     stats = {"identities_inlined": inline_constant_identities(model), "weights_folded": fold_weight_quantization(model),
-             "transposes_folded": fold_weight_transposes(model), "gemms_to_matmuls": gemms_to_matmuls(model)}
+             "transposes_folded": fold_weight_transposes(model), "gemms_to_matmuls": gemms_to_matmuls(model),
+             "tables_gathered_first": gather_rows_before_dequantize(model)}
     unsigned = weight_dtype == "uint8" or (weight_dtype == "auto" and u8s8_saturates())
     stats["weights_unsigned"] = store_weights_unsigned(model) if unsigned else 0
     stats["wide_int8_weights"] = count_wide_int8_weights(model)

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from ..nn import QuantConv2d, QuantLinear, TensorQuantizer
+from ..nn import WEIGHT_QUANT_LAYERS, QuantConv2d, TensorQuantizer
 from ..quant.uniform import int_range
 
 
@@ -135,7 +135,7 @@ def to_export_mode(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for m in model.modules():
             wq = getattr(m, "weight_quantizer", None)
-            if isinstance(m, (QuantLinear, QuantConv2d)) and wq is not None and wq.active and wq.kind == "uniform":
+            if isinstance(m, WEIGHT_QUANT_LAYERS) and wq is not None and wq.active and wq.kind == "uniform":
                 # Store vitq's own fake-quantized weight: the graph's QuantizeLinear (folded to int8
                 # codes at export) then recovers exactly vitq's codes, clamping included.
                 m.weight.data = wq.quantizer(m.weight.detach())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..nn import QuantConv2d, QuantLinear
+from ..nn import WEIGHT_QUANT_LAYERS
 
 
 def size_report(model: nn.Module, saved_folder: str | Path | None = None, export_folder: str | Path | None = None) -> dict:
@@ -16,7 +16,7 @@ def size_report(model: nn.Module, saved_folder: str | Path | None = None, export
     owners = set()
     for name, m in model.named_modules():
         wq = getattr(m, "weight_quantizer", None)
-        if isinstance(m, (QuantLinear, QuantConv2d)) and wq is not None and wq.active:
+        if isinstance(m, WEIGHT_QUANT_LAYERS) and wq is not None and wq.active:
             quantized_bits += m.weight.numel() * wq.bits
             quantized_params += m.weight.numel()
             owners.add(f"{name}.weight")

@@ -23,6 +23,19 @@ def observer_settings(name: str, seed: int = 0, **options) -> dict:
     return {"observer": name, "observer_options": opts}
 
 
+def embedding_settings(cfg: QuantConfig) -> dict:
+    """The token-embedding table's point: signed per-row min/max at 8 bits (at the weights' bits
+    where those are wider). A lookup costs no arithmetic, so sub-8-bit rows would only save size;
+    a bit plan rule on the table's name sets other bits."""
+    return dict(bits=max(8, cfg.w_bits), symmetric=True, axis=0, **observer_settings("minmax"))
+
+
+def qkv_settings(attn: dict, opts) -> dict:
+    """The points on q, k and v: option ``symmetric_attention`` makes them signed (zero-point 0),
+    which lets OpenVINO run both attention matmuls in int8."""
+    return dict(attn, symmetric=True) if getattr(opts, "symmetric_attention", False) else attn
+
+
 def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", opts=None) -> dict:
     """P4Q's baseline recipe, with FQ-ViT's estimators: signed per-channel min/max weights (FQ-ViT's
     ``OBSERVER_W = minmax``), unsigned per-tensor activations through ``observer``, attention (both
@@ -30,10 +43,10 @@ def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", opts=None) -> di
     estimator = {k: getattr(opts, k) for k in ("momentum", "percentile", "steps", "grid", "max_samples") if hasattr(opts, k)}
     act = dict(bits=cfg.a_bits, symmetric=False, axis=None, **observer_settings(observer, cfg.seed, **estimator))
     attn = dict(act, bits=cfg.attn_bits)
-    # Option symmetric_attention: signed q, k, v (Z = 0), which lets OpenVINO run attention in int8.
-    qkv = dict(attn, symmetric=True) if getattr(opts, "symmetric_attention", False) else attn
+    qkv = qkv_settings(attn, opts)
     scheme = {
         "weight": dict(bits=cfg.w_bits, symmetric=True, axis=0, **observer_settings("minmax")),
+        "embedding": embedding_settings(cfg),
         "input": act,
         "post_ln": act,
         "post_gelu": act,

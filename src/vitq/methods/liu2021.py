@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..models.prepare import prepare
 from ..nn import QuantConv2d, set_mode
 from . import MethodResult, register
-from .common import as_batches, calibrate, observer_settings
+from .common import as_batches, calibrate, embedding_settings, observer_settings
 from .options import MethodOptions
 
 
@@ -102,7 +102,7 @@ def liu_scheme(cfg: QuantConfig) -> dict:
     sym = dict(bits=cfg.a_bits, symmetric=True, axis=None, **maxed)
     attn = dict(sym, bits=cfg.attn_bits)
     # post-LN inputs unsigned with a zero-point: ONNX Runtime leaves q/k/v in float when their input is signed
-    return {"weight": dict(bits=cfg.w_bits, symmetric=True, axis=None, **maxed), "input": sym, "post_ln": dict(sym, symmetric=False),
+    return {"weight": dict(bits=cfg.w_bits, symmetric=True, axis=None, **maxed), "embedding": embedding_settings(cfg), "input": sym, "post_ln": dict(sym, symmetric=False),
             "post_gelu": sym, "attn_q": attn, "attn_k": attn, "attn_v": attn, "softmax": dict(attn, symmetric=False)}
 
 

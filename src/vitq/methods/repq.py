@@ -24,7 +24,8 @@ Options (:class:`RepQOptions`) select the ablations of the paper's Tables 4 and 
 ``post_ln`` = ``reparam`` (default), ``channel`` (keep channel-wise), ``layer`` (layer-wise from the
 start); ``softmax`` = ``reparam`` (default), ``logsqrt2``, ``log2``; and the calibration:
 ``sequential`` (default true, as the official code: each quantizer is initialised on inputs that
-went through every quantizer before it), ``percentiles`` and ``max_samples`` of the search.
+went through every quantizer before it), ``percentiles`` and ``max_samples`` of the search; and,
+for deployment, ``symmetric_attention`` (signed q/k/v, as in the baselines).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..models.prepare import prepare
 from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, TensorQuantizer
 from ..nn.modules import InputAffine
 from . import MethodResult, register
-from .common import as_batches, calibrate, observer_settings
+from .common import as_batches, calibrate, embedding_settings, observer_settings, qkv_settings
 from .options import MethodOptions
 
 POST_LN_MODES = ("reparam", "channel", "layer")
@@ -53,6 +54,7 @@ class RepQOptions(MethodOptions):
     sequential: bool = True
     percentiles: tuple[float, ...] = (99.9, 99.99, 99.999)
     max_samples: int = 1 << 18
+    symmetric_attention: bool = False
 
     CHOICES = {"post_ln": POST_LN_MODES, "softmax": SOFTMAX_MODES}
     HELP = {
@@ -61,6 +63,7 @@ class RepQOptions(MethodOptions):
         "sequential": "calibrate in forward order on quantized inputs, as the official code (false: all at once on float)",
         "percentiles": "clipping percentiles the range search chooses from",
         "max_samples": "values kept (a uniform sample over all batches) to score the candidates",
+        "symmetric_attention": "signed q, k, v (zero-point 0): OpenVINO runs attention in int8 only then",
     }
 
     def __post_init__(self):
@@ -75,15 +78,17 @@ def repq_scheme(cfg: QuantConfig, opts: RepQOptions) -> dict:
     search = observer_settings("pct_search", cfg.seed, percentiles=opts.percentiles, max_samples=opts.max_samples)
     act = dict(bits=cfg.a_bits, symmetric=False, axis=None, **search)
     attn = dict(act, bits=cfg.attn_bits)
+    qkv = qkv_settings(attn, opts)
     return {
         "weight": dict(bits=cfg.w_bits, symmetric=False, axis=0, **search),
+        "embedding": embedding_settings(cfg),
         "input": act,
         "patch_input": dict(act, bits=8),
         "post_ln": dict(act, axis=None if post_ln == "layer" else -1),
         "post_gelu": act,
-        "attn_q": attn,
-        "attn_k": attn,
-        "attn_v": attn,
+        "attn_q": qkv,
+        "attn_k": qkv,
+        "attn_v": qkv,
         "softmax": dict(attn, kind="log2" if softmax == "log2" else "logsqrt2"),
     }
 

@@ -175,7 +175,7 @@ def _is_patch_conv(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == tuple(m.stride) and m.kernel_size[0] > 1
 
 
-def _is_token_table(name: str, m: nn.Module) -> bool:
+def is_token_table(name: str, m: nn.Module) -> bool:
     last = name.rpartition(".")[2]
     return isinstance(m, nn.Embedding) and m.num_embeddings >= 50 and ("word" in last or "token" in last or last == "embed_tokens")
 
@@ -340,7 +340,7 @@ def _towers(model: nn.Module) -> tuple[dict[str, tuple[str, ...]], tuple[str, ..
         for sub_name, sub in child.named_modules():
             if _is_patch_conv(sub):
                 found.add("image")
-            if _is_token_table(sub_name or name, sub):
+            if is_token_table(sub_name or name, sub):
                 found.add("text")
         kinds[name] = found
     has = set().union(*kinds.values()) if kinds else set()

@@ -9,6 +9,7 @@ A *scheme* maps each role to the settings of its quantizer (``None``: leave that
 - ``softmax``, ``attn_v``: the two inputs of softmax·v
 - ``patch_input``: the input of the patch-embedding Conv2d (falls back to ``input`` when absent)
 - ``input``: the input of every other Linear/Conv2d (attention output, heads)
+- ``embedding``: the rows of a text tower's token-embedding table (a weight: per row, no input point)
 
 FQ-ViT's fuller scope adds (``None`` in vitq's own schemes):
 
@@ -30,14 +31,14 @@ from fnmatch import fnmatch
 
 from torch import nn
 
-from ..config import FULL_PRECISION_BITS, BitPlan
+from ..config import FULL_PRECISION_BITS, WEIGHT_ROLES, BitPlan
 from ..errors import ConfigError, ModelError
-from ..nn import QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer
+from ..nn import QuantConv2d, QuantEmbedding, QuantLayerNorm, QuantLinear, QuantMatMul, TensorQuantizer
 from ..nn.modules import attach_output_point
-from .adapter import ModelAdapter, unwrap
+from .adapter import ModelAdapter, is_token_table, unwrap
 from .families import family_of
 
-ROLES = ("weight", "input", "patch_input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v",
+ROLES = ("weight", "embedding", "input", "patch_input", "post_ln", "post_gelu", "attn_q", "attn_k", "softmax", "attn_v",
          "attn_scores", "linear_out", "residual", "embed")
 
 
@@ -51,7 +52,7 @@ def make_point(scheme: dict, role: str, layer: str | None = None, plan: BitPlan 
         settings = dict(settings, bits=bits)
     if settings.get("bits", 8) >= FULL_PRECISION_BITS:  # A32: this role stays in full precision
         return None
-    return TensorQuantizer(**settings, role=role)
+    return TensorQuantizer(**settings, role="weight" if role in WEIGHT_ROLES else role)  # a table's rows are a weight
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -175,6 +176,13 @@ def prepare(model: nn.Module, scheme: dict, components=("image", "text"), exclud
         if scheme.get("linear_out") is not None and (name in outputs or isinstance(module, nn.Conv2d)):
             new.output_quantizer = point("linear_out", name)
         model.set_submodule(name, new)
+
+    if scheme.get("embedding") is not None:
+        for name, module in list(model.named_modules()):
+            if type(module) is nn.Embedding and is_token_table(name, module) and selected(name):
+                wq = point("embedding", name)
+                if wq is not None:
+                    model.set_submodule(name, QuantEmbedding.from_float(module, wq))
 
     if scheme.get("residual") is not None:
         for ln_name in residual_lns:

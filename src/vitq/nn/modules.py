@@ -1,5 +1,5 @@
-"""Fake-quantized layers: QuantLinear, QuantConv2d, QuantMatMul and QuantLayerNorm, and the
-per-channel InputAffine a scale reparameterization may put in front of a layer's input quantizer.
+"""Fake-quantized layers: QuantLinear, QuantConv2d, QuantEmbedding, QuantMatMul and QuantLayerNorm,
+and the per-channel InputAffine a scale reparameterization may put in front of a layer's input quantizer.
 
 QuantLinear and QuantConv2d subclass the float layers and keep their parameter names, so a
 state dict and any code that checks ``isinstance(m, nn.Linear)`` keep working.
@@ -136,6 +136,30 @@ class QuantConv2d(_WeightedQuantMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantized_output(self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias))
+
+
+class QuantEmbedding(_WeightedQuantMixin, nn.Embedding):
+    """A lookup table (a text tower's token embedding) whose rows are quantized: the weight point is
+    per row (axis 0), so each token's vector has its own scale. The token ids are integers: there is
+    no input point. Exported, the graph gathers the int8 rows first and dequantizes only those."""
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding, weight_q=None, input_q=None) -> "QuantEmbedding":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for attr in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"):
+            setattr(new, attr, getattr(emb, attr))
+        new.weight = emb.weight
+        new._attach(weight_q, None)
+        return new
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.quantized_weight(), self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+
+# Layers whose weight has a quantization point (stored as integer codes, counted at its bits).
+WEIGHT_QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantEmbedding)
 
 
 class QuantMatMul(nn.Module):

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from .modules import QuantConv2d, QuantLinear
+from .modules import WEIGHT_QUANT_LAYERS
 from .tensor_quantizer import TensorQuantizer
 
 
@@ -42,7 +42,7 @@ def set_mode(model: nn.Module, mode: str) -> None:
 
 def calibrate_weights(model: nn.Module) -> None:
     for m in model.modules():
-        if isinstance(m, (QuantLinear, QuantConv2d)):
+        if isinstance(m, WEIGHT_QUANT_LAYERS):
             m.calibrate_weight()
 
 

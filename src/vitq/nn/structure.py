@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-from .modules import InputAffine, QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul, reattach_output_points
+from .modules import InputAffine, QuantConv2d, QuantEmbedding, QuantLayerNorm, QuantLinear, QuantMatMul, reattach_output_points
 from .tensor_quantizer import TensorQuantizer
 
 SAVEABLE: dict[str, type] = {}
@@ -31,7 +31,7 @@ def saveable(cls: type) -> type:
 from .prompt import AdaptedProjection, LearnedPrompt, QAdapter  # noqa: E402
 from .split import SplitQuantConv2d  # noqa: E402
 
-for _cls in (QuantLinear, QuantConv2d, QuantLayerNorm, QuantMatMul, InputAffine, SplitQuantConv2d, LearnedPrompt, QAdapter,
+for _cls in (QuantLinear, QuantConv2d, QuantEmbedding, QuantLayerNorm, QuantMatMul, InputAffine, SplitQuantConv2d, LearnedPrompt, QAdapter,
              AdaptedProjection):
     saveable(_cls)
 
