@@ -50,6 +50,25 @@ def base_parser(description: str, model: str = "zoo:clip-tiny") -> argparse.Argu
     return p
 
 
+def add_reference_models(p: argparse.ArgumentParser) -> None:
+    """The reference models' options: the classifier, the dual encoder and the calibration size."""
+    p.add_argument("--deit", default="zoo:deit-tiny", help="classifier to score ('' to skip)")
+    p.add_argument("--clip", default="zoo:clip-tiny", help="dual encoder to score ('' to skip)")
+    p.add_argument("--num-calib", type=int, default=32)
+
+
+def reference_targets(args, zero_shot=("cifar10", "tiny-imagenet")) -> list[tuple]:
+    """(label, model spec, components, task, test sets) of each column group: the classifier (top-1 on
+    Tiny ImageNet), the dual encoder's image tower alone and both towers (zero-shot on ``zero_shot``)."""
+    out = []
+    if args.deit:
+        out.append(("deit-tiny", args.deit, ("image",), "top1", ("tiny-imagenet",)))
+    if args.clip:
+        out.append(("clip-tiny image", args.clip, ("image",), "zero-shot", tuple(zero_shot)))
+        out.append(("clip-tiny both", args.clip, ("image", "text"), "zero-shot", tuple(zero_shot)))
+    return out
+
+
 def setup(args):
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Where the time goes inside OpenVINO: per-layer performance counters of vitq's export and NNCF's.
 
-For one tower of a full-size CLIP config (random weights), this compiles vitq's W8A8 export (default
-asymmetric q/k/v and signed q/k/v) and NNCF + OpenVINO int8 with ``PERF_COUNT``, runs each
+For one tower of a full-size CLIP config (random weights), this compiles vitq's W8A8 export (with
+asymmetric q/k/v, and with signed q/k/v: the default) and NNCF + OpenVINO int8 with ``PERF_COUNT``, runs each
 ``--repeats`` times and sums the counters by operator and by the precision the CPU plugin executed it
 in (``exec_type``: ``..._I8``/``_U8`` for integer kernels). It then lists the matrix products each
 graph leaves in floating point, which is what the speed table cannot show.
@@ -65,7 +65,8 @@ def main() -> None:
     model = bench.build_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         case = bench.Case(model, args.tower, args.batch_size, args.seq_len, Path(tmp))
-        graphs = {"vitq-w8a8": bench.vitq_export(case), "vitq-w8a8-symattn": bench.vitq_export(case, options={"symmetric_attention": True})}
+        graphs = {"vitq-w8a8-asymattn": bench.vitq_export(case, options={"symmetric_attention": False}),
+                  "vitq-w8a8": bench.vitq_export(case, options={"symmetric_attention": True})}
         bench.build_openvino_nncf_int8(case)
         graphs["openvino-nncf-int8"] = case.workdir / f"nncf_{case.tower}.xml"
         feeds = case.feeds()
@@ -82,8 +83,17 @@ def main() -> None:
             continue
         print(f"| {kind[0]} | {kind[1]} | " + " | ".join(f"{sums[n].get(kind, 0):.2f}" for n in names) + " |")
     print("| **total** | | " + " | ".join(f"**{sum(sums[n].values()):.2f}**" for n in names) + " |")
+    print("\nKernels of the matrix products (ms per batch, node count):\n")
     for name in names:
-        floats = sorted((r for r in results[name] if r[1] in MATMULS and precision_of(r[2]) != "int8"), key=lambda r: -r[3])
+        kernels = collections.defaultdict(lambda: [0.0, 0])
+        for _, node_type, exec_type, ms in results[name]:
+            if node_type.startswith(MATMULS):
+                kernels[(node_type, exec_type)][0] += ms
+                kernels[(node_type, exec_type)][1] += 1
+        for (node_type, exec_type), (ms, count) in sorted(kernels.items(), key=lambda kv: -kv[1][0]):
+            print(f"  {name:20s} {node_type:30s} {exec_type:32s} {ms:8.2f} ms  x{count}")
+    for name in names:
+        floats = sorted((r for r in results[name] if r[1].startswith(MATMULS) and precision_of(r[2]) != "int8"), key=lambda r: -r[3])
         print(f"\n{name}: {len(floats)} matrix products not in int8, {sum(r[3] for r in floats):.2f} ms"
               + ("; the largest:" if floats else ""))
         for node, node_type, exec_type, ms in floats[: args.top]:

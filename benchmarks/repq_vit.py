@@ -29,13 +29,7 @@ SOFTMAX = ("log2", "logsqrt2", "reparam")
 
 def targets(args):
     """(label, model spec, components, task, datasets) of every column group."""
-    out = []
-    if args.deit:
-        out.append(("deit-tiny", args.deit, ("image",), "top1", ("tiny-imagenet",)))
-    if args.clip:
-        out.append(("clip-tiny image", args.clip, ("image",), "zero-shot", ("cifar10", "tiny-imagenet")))
-        out.append(("clip-tiny both", args.clip, ("image", "text"), "zero-shot", ("cifar10", "tiny-imagenet")))
-    return out
+    return common.reference_targets(args)
 
 
 def run_row(model, calib, target, args, tokenizer, method, bits, **options) -> dict:
@@ -83,9 +77,7 @@ def vit_b16_calibration_seconds(args) -> float:
 
 def main() -> None:
     p = common.base_parser(__doc__)
-    p.add_argument("--deit", default="zoo:deit-tiny", help="classifier to score ('' to skip)")
-    p.add_argument("--clip", default="zoo:clip-tiny", help="dual encoder to score ('' to skip)")
-    p.add_argument("--num-calib", type=int, default=32)
+    common.add_reference_models(p)
     p.add_argument("--specs", default=",".join(SPECS))
     p.add_argument("--skip-ablations", action="store_true")
     p.add_argument("--skip-vit-b16", action="store_true")

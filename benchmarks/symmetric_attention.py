@@ -4,7 +4,8 @@ OpenVINO runs both attention matmuls in int8 only when q, k and v have zero-poin
 ``symmetric_attention``). This table measures the accuracy of the two on the reference models:
 zoo:deit-tiny (top-1, Tiny ImageNet val) and zoo:clip-tiny (zero-shot CIFAR-10 and Tiny ImageNet;
 image tower alone and both towers), W8A8 and W4A4, omse and repq-vit. Every pair calibrates on the
-same images; each top-1 has its standard error, and "Δ" is symmetric minus asymmetric.
+same images; each top-1 has its standard error, and "Δ" is signed minus asymmetric (the two share
+the test images, so a Δ well inside √2 standard errors is noise).
 
     python benchmarks/symmetric_attention.py [--limit N] [--json out/symattn.json]
 """
@@ -16,26 +17,24 @@ from tqdm.auto import tqdm
 
 METHODS = ("omse", "repq-vit")
 SPECS = ("W8A8", "W4A4")
+TARGETS = ("deit-tiny", "clip-tiny image", "clip-tiny both")
 
 
 def targets(args):
-    """(label, model spec, components, task, datasets) of every column group."""
-    out = []
-    if args.deit:
-        out.append(("deit-tiny", args.deit, ("image",), "top1", ("tiny-imagenet",)))
-    if args.clip:
-        out.append(("clip-tiny image", args.clip, ("image",), "zero-shot", ("cifar10", "tiny-imagenet")))
-        out.append(("clip-tiny both", args.clip, ("image", "text"), "zero-shot", ("cifar10", "tiny-imagenet")))
-    return out
+    """The reference column groups named by ``--targets``."""
+    unknown = set(args.targets.split(",")) - set(TARGETS)
+    if unknown:
+        raise SystemExit(f"unknown --targets {', '.join(sorted(unknown))}: use some of {', '.join(TARGETS)}")
+    return [t for t in common.reference_targets(args, args.zero_shot_sets.split(",")) if t[0] in args.targets.split(",")]
 
 
 def main() -> None:
     p = common.base_parser(__doc__)
-    p.add_argument("--deit", default="zoo:deit-tiny", help="classifier to score ('' to skip)")
-    p.add_argument("--clip", default="zoo:clip-tiny", help="dual encoder to score ('' to skip)")
-    p.add_argument("--num-calib", type=int, default=32)
+    common.add_reference_models(p)
     p.add_argument("--specs", default=",".join(SPECS))
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--targets", default=",".join(TARGETS), help="column groups to run")
+    p.add_argument("--zero-shot-sets", default="cifar10,tiny-imagenet", help="test sets of the zero-shot rows")
     args = p.parse_args()
     args.model = args.clip or args.deit
     args.quiet = True
@@ -59,6 +58,7 @@ def main() -> None:
     print(f"\nSigned against asymmetric q/k/v ({args.limit or 'all'} images per test set, {args.num_calib} calibration images)\n")
     print(common.accuracy_table(rows, [("model", "Model"), ("method", "Method"), ("bits", "Bits"), ("qkv", "q/k/v")],
                                 deltas + [("calib_s", "Calib (s)")]))
+    del args.calib_data  # tensors: not part of the JSON
     common.finish(args, {"benchmark": "symmetric_attention", "args": vars(args), "rows": rows})
 
 

@@ -25,11 +25,13 @@ def test_bench_writes_rows(tmp_path, capsys):
         assert r["batch_size"] == 2
         if "skipped" not in r:
             assert r["ms_per_image"] > 0 and r["model_bytes"] > 0
+            # resident memory: measured in a fresh process for the rows that load a graph file
+            assert (r["resident_mb"] is None) if r["runtime"].startswith("torch") else r["resident_mb"] > 0, r
     ran = {r["runtime"] for r in rows if "skipped" not in r}
     assert {"torch-fp32", "ort-fp32", "vitq-w8a8"} <= ran  # vitq runs on OpenVINO, or on ONNX Runtime without it
     assert rows[0]["speedup_vs_torch_fp32"] == pytest.approx(1.0)
     table = capsys.readouterr().out
-    assert "vitq-w8a8" in table and "ms/img" in table
+    assert "vitq-w8a8" in table and "ms/img" in table and "resident MB" in table
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written atomically
 
 

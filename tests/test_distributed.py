@@ -1,13 +1,16 @@
 """Training under torchrun: two processes average their gradients to the one-process weights.
 
-Kept early in the run (file order): launching processes from a pytest process that has already
-loaded every runtime (ONNX Runtime, OpenVINO, torch.compile) crashed it late in a full run on
+Marked ``launches`` (conftest runs these first): launching processes from a pytest process that has
+already loaded every runtime (ONNX Runtime, OpenVINO, torch.compile) crashed it late in a full run on
 this machine (SIGSEGV in CPython's allocator right after the launch), whether with vfork or fork.
 """
 
 import os
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.launches
 
 
 def two_processes_and_one(worker_name: str, tmp_path) -> tuple[dict, dict]:

@@ -118,6 +118,7 @@ def test_two_processes_equal_one(models_dir, tmp_path):
     assert single["zero-shot"]["num_examples"] == 22 and single["retrieval"]["num_captions"] == 50
 
 
+@pytest.mark.launches
 def test_torchrun_cli_writes_one_result(models_dir, tmp_path):
     import transformers as T
 

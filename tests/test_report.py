@@ -139,6 +139,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.launches
 def test_report_html_renders_in_headless_chromium(quantized, tmp_path):
     browser = _chromium()
     if browser is None:

@@ -140,6 +140,7 @@ def test_the_declared_torch_range_is_the_one_tested():
     assert (lowest.major, lowest.minor) == (installed.major, installed.minor)
 
 
+@pytest.mark.launches
 def test_progress_in_a_log_updates_every_few_seconds(tmp_path):
     """Not a terminal: a bar updates every 10 s, not on every step."""
     import os

@@ -7,7 +7,9 @@ the full-size configs: speed does not depend on their values.
 
 Peak memory is the rise of the process's peak resident set (VmHWM, reset before each runtime via
 /proc/self/clear_refs) over its resident set before building: it covers building the runtime's
-model (export, quantization, compilation) and running it. Model size is the bytes the runtime
+model (export, quantization, compilation) and running it. Resident memory is what a deployment pays:
+a fresh process loads the row's graph file, runs it once, and reports its resident set over what it
+held after importing the runtime (PyTorch rows have no file: "-"). Model size is the bytes the runtime
 loads: the ONNX / OpenVINO IR files, or the serialized state dict for PyTorch.
 """
 
@@ -28,8 +30,8 @@ import torch
 
 RUNTIMES = (
     "torch-fp32", "torch-bf16", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-int8",
-    "openvino-fp32", "openvino-bf16", "openvino-nncf-int8", "vitq-w8a8", "vitq-w8a8-ort", "vitq-w8a8-symattn",
-    "vitq-saved", "vitq-saved-ort", "vitq-saved-torch",
+    "openvino-fp32", "openvino-bf16", "openvino-nncf-int8", "vitq-w8a8", "vitq-w8a8-ort", "vitq-w8a8-asymattn",
+    "vitq-w4a8", "vitq-w4a4", "vitq-saved", "vitq-saved-ort", "vitq-saved-torch",
 )
 SAVED = ("vitq-saved", "vitq-saved-ort", "vitq-saved-torch")  # the user's own quantized folder (--model DIR)
 DEFAULT_FLOAT = tuple(r for r in RUNTIMES if r not in SAVED)
@@ -201,11 +203,17 @@ def build_torch_dynamic_int8(case):
     return _torch_runner(m, case), _state_bytes(m), note
 
 
+def _loaded(run: Callable, runtime: str, path, precision: str = "") -> Callable:
+    """Mark a runner with the file it runs, so that its resident memory can be measured on its own."""
+    run.loaded = (runtime, str(path), precision)
+    return run
+
+
 def _ort_runner(path, case):
     from .export.runtime import ort_session
 
     session, feeds = ort_session(path), case.feeds()
-    return lambda: session.run(None, feeds)
+    return _loaded(lambda: session.run(None, feeds), "onnxruntime", path)
 
 
 def build_ort_fp32(case):
@@ -250,7 +258,7 @@ def _ov_runner(model_or_path, case, precision):
     from .export.runtime import _OpenVinoRunner
 
     runner, feeds = _OpenVinoRunner(model_or_path, precision=precision), case.feeds()
-    return lambda: runner(feeds)
+    return _loaded(lambda: runner(feeds), "openvino", model_or_path, precision)
 
 
 def build_openvino_fp32(case):
@@ -284,7 +292,7 @@ def build_openvino_nncf_int8(case):
 
 
 def vitq_export(case: Case, bits: str = "W8A8", options: dict | None = None) -> Path:
-    """vitq's own W8A8 (minmax) model of the tower, exported once per case."""
+    """vitq's own minmax model of the tower at ``bits``, exported once per case and option set."""
     options = dict(options or {})
     key = ("vitq", bits, tuple(sorted(options.items())))
     if key not in case.cache:
@@ -314,15 +322,32 @@ def build_vitq_w8a8(case):
     if runtime == "onnxruntime":
         return build_vitq_w8a8_ort(case)
     path = vitq_export(case)
-    return _ov_runner(str(path), case, "f32"), _file_bytes(path), "vitq minmax W8A8 QDQ export on OpenVINO"
+    return _ov_runner(str(path), case, "f32"), _file_bytes(path), "vitq minmax W8A8 QDQ export (signed q/k/v) on OpenVINO"
 
 
-def build_vitq_w8a8_symattn(case):
-    """The same, with signed (Z = 0) q, k, v quantizers: OpenVINO then runs attention in int8."""
+def build_vitq_w8a8_asymattn(case):
+    """The same with asymmetric q, k, v (option symmetric_attention=false; the default before
+    2026-12-04): OpenVINO then runs attention in f32."""
     _need("openvino", "openvino")
-    path = vitq_export(case, options={"symmetric_attention": True})
+    path = vitq_export(case, options={"symmetric_attention": False})
     return _ov_runner(str(path), case, "f32"), _file_bytes(path), \
-        "vitq minmax W8A8, option symmetric_attention (signed q/k/v), on OpenVINO"
+        "vitq minmax W8A8, option symmetric_attention=false (asymmetric q/k/v), on OpenVINO"
+
+
+def _build_vitq_low_bit(case, bits: str):
+    """vitq minmax at ``bits`` on OpenVINO: 4-bit weight codes stored as int8 (the graph's 4-bit
+    storage runs on float kernels in both runtimes here; see docs/deployment.md)."""
+    _need("openvino", "openvino")
+    path = vitq_export(case, bits=bits)
+    return _ov_runner(str(path), case, "f32"), _file_bytes(path), f"vitq minmax {bits} QDQ export on OpenVINO"
+
+
+def build_vitq_w4a8(case):
+    return _build_vitq_low_bit(case, "W4A8")
+
+
+def build_vitq_w4a4(case):
+    return _build_vitq_low_bit(case, "W4A4")
 
 
 def build_vitq_w8a8_ort(case):
@@ -397,6 +422,51 @@ def _reset_peak() -> bool:
         return False
 
 
+def resident_after_load(loaded: tuple, feeds: dict, workdir: Path) -> float | None:
+    """Resident memory (MB) that loading a graph file and running it once adds to a fresh process
+    (RSS after the first call minus RSS after importing the runtime): what a deployment pays, without
+    the quantizing and exporting that the benchmark process itself did."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    runtime, path, precision = loaded
+    npz = workdir / "resident_feeds.npz"
+    np.savez(npz, **feeds)
+    code = "import sys; from vitq.bench import _resident_child; _resident_child(*sys.argv[1:])"
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run([sys.executable, "-c", code, runtime, path, str(npz), precision], capture_output=True, text=True,
+                          timeout=900, env={**__import__("os").environ, **threads})
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _resident_child(runtime: str, path: str, npz: str, precision: str) -> None:
+    import numpy as np
+
+    feeds = dict(np.load(npz))
+    if runtime == "onnxruntime":
+        import onnxruntime  # noqa: F401
+
+        from .export.runtime import ort_session
+
+        base = _rss_kib("VmRSS")
+        session = ort_session(path)
+        session.run(None, feeds)
+    else:
+        import openvino  # noqa: F401
+
+        from .export.runtime import _OpenVinoRunner
+
+        base = _rss_kib("VmRSS")
+        runner = _OpenVinoRunner(path, precision=precision or "f32")
+        runner(feeds)
+    print(round((_rss_kib("VmRSS") - base) / 1024, 1))
+
+
 def time_runner(run: Callable, warmup: int, repeats: int) -> list[float]:
     for _ in range(warmup):
         run()
@@ -431,6 +501,7 @@ def measure(case: Case, runtime: str, warmup: int = 1, repeats: int = 3) -> dict
         "repeats": repeats,
         "model_bytes": int(size),
         "peak_rss_delta_mb": round((peak - before) / 1024, 1) if peak_ok and peak and before else None,
+        "resident_mb": resident_after_load(run.loaded, case.feeds(), case.workdir) if hasattr(run, "loaded") else None,
         "note": note,
     })
     del run
@@ -480,15 +551,16 @@ def run_benchmark(model_spec: str, towers=TOWERS, batch_sizes=(1, 32), runtimes=
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("model", "tower", "batch", "runtime", "ms/img", "img/s", "speed-up", "peak RSS Δ MB", "size MB", "note")
+    head = ("model", "tower", "batch", "runtime", "ms/img", "img/s", "speed-up", "peak RSS Δ MB", "resident MB", "size MB", "note")
     lines = [head]
+    mb = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     for r in rows:
         if "skipped" in r:
-            lines.append((r.get("model", ""), r["tower"], str(r["batch_size"]), r["runtime"], "-", "-", "-", "-", "-", "skipped: " + r["skipped"]))
+            lines.append((r.get("model", ""), r["tower"], str(r["batch_size"]), r["runtime"], "-", "-", "-", "-", "-", "-", "skipped: " + r["skipped"]))
             continue
         sp = r.get("speedup_vs_torch_fp32")
         lines.append((r.get("model", ""), r["tower"], str(r["batch_size"]), r["runtime"], f"{r['ms_per_image']:.2f}", f"{r['images_per_s']:.1f}",
-                      f"{sp:.2f}x" if sp else "-", "-" if r["peak_rss_delta_mb"] is None else f"{r['peak_rss_delta_mb']:.0f}",
+                      f"{sp:.2f}x" if sp else "-", mb(r["peak_rss_delta_mb"]), mb(r.get("resident_mb")),
                       f"{r['model_bytes'] / 1e6:.1f}", r.get("note", "")))
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines)

@@ -3,12 +3,13 @@
 The four differ only in the activation range estimator (:mod:`vitq.quant.observers`, as FQ-ViT
 defines them); weights use per-channel min/max in all four (FQ-ViT's ``OBSERVER_W``). Everything
 else is P4Q's recipe (:func:`vitq.methods.common.baseline_scheme`). Options common to all four:
-``symmetric_attention`` (signed q/k/v), ``sequential`` (calibrate in forward order on quantized
+``symmetric_attention`` (signed q/k/v; by default signed where attention has 8 bits), ``sequential`` (calibrate in forward order on quantized
 inputs instead of FQ-ViT's float activations).
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from ..config import QuantConfig
@@ -22,7 +23,7 @@ from .options import MethodOptions
 
 @dataclass(frozen=True)
 class BaselineOptions(MethodOptions):
-    symmetric_attention: bool = False
+    symmetric_attention: typing.Optional[bool] = None  # None: signed at 8-bit attention (common.qkv_settings)
     sequential: bool = False
     scope: str = "vitq"
 
@@ -30,7 +31,8 @@ class BaselineOptions(MethodOptions):
     HELP = {
         "scope": "vitq: the inputs of linears and attention matmuls; fqvit: also FQ-ViT's pre-Softmax scores, "
                  "linear outputs, residual sums and embeddings",
-        "symmetric_attention": "signed q, k, v (zero-point 0): OpenVINO runs attention in int8 only then",
+        "symmetric_attention": "signed q, k, v (zero-point 0; OpenVINO runs attention in int8 only then): "
+                               "true, false, or none (the default: signed where attention has 8 bits)",
         "sequential": "calibrate points in forward order on quantized inputs (FQ-ViT: all at once on float activations)",
         "momentum": "weight of the history in the moving average of batch ranges (FQ-ViT's sigma = 1 - momentum = 0.01)",
         "percentile": "percentile of each batch (and 100 - p for the minimum)",

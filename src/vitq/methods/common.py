@@ -30,10 +30,21 @@ def embedding_settings(cfg: QuantConfig) -> dict:
     return dict(bits=max(8, cfg.w_bits), symmetric=True, axis=0, **observer_settings("minmax"))
 
 
+# Attention bits at and above which q, k and v are signed by default: at 8 bits signed points cost
+# nothing measurable (docs/methods.md) and let OpenVINO fuse attention in int8; at 4 bits they cost
+# omse 3.4 points of CLIP zero-shot, so below 8 the default stays asymmetric.
+SIGNED_QKV_MIN_BITS = 8
+
+
 def qkv_settings(attn: dict, opts) -> dict:
     """The points on q, k and v: option ``symmetric_attention`` makes them signed (zero-point 0),
-    which lets OpenVINO run both attention matmuls in int8."""
-    return dict(attn, symmetric=True) if getattr(opts, "symmetric_attention", False) else attn
+    which lets OpenVINO run both attention matmuls in int8; ``None`` (the default of the methods that
+    have the option) chooses signed at SIGNED_QKV_MIN_BITS and above. Methods without the option
+    keep asymmetric points."""
+    choice = getattr(opts, "symmetric_attention", False)
+    if choice is None:
+        choice = attn["bits"] >= SIGNED_QKV_MIN_BITS
+    return dict(attn, symmetric=True) if choice else attn
 
 
 def baseline_scheme(cfg: QuantConfig, observer: str = "minmax", opts=None) -> dict:

@@ -25,11 +25,13 @@ Options (:class:`RepQOptions`) select the ablations of the paper's Tables 4 and 
 start); ``softmax`` = ``reparam`` (default), ``logsqrt2``, ``log2``; and the calibration:
 ``sequential`` (default true, as the official code: each quantizer is initialised on inputs that
 went through every quantizer before it), ``percentiles`` and ``max_samples`` of the search; and,
-for deployment, ``symmetric_attention`` (signed q/k/v, as in the baselines).
+for deployment, ``symmetric_attention`` (signed q/k/v; as in the baselines, signed by default where
+attention has 8 bits).
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +56,7 @@ class RepQOptions(MethodOptions):
     sequential: bool = True
     percentiles: tuple[float, ...] = (99.9, 99.99, 99.999)
     max_samples: int = 1 << 18
-    symmetric_attention: bool = False
+    symmetric_attention: typing.Optional[bool] = None  # None: signed at 8-bit attention (common.qkv_settings)
 
     CHOICES = {"post_ln": POST_LN_MODES, "softmax": SOFTMAX_MODES}
     HELP = {
@@ -63,7 +65,8 @@ class RepQOptions(MethodOptions):
         "sequential": "calibrate in forward order on quantized inputs, as the official code (false: all at once on float)",
         "percentiles": "clipping percentiles the range search chooses from",
         "max_samples": "values kept (a uniform sample over all batches) to score the candidates",
-        "symmetric_attention": "signed q, k, v (zero-point 0): OpenVINO runs attention in int8 only then",
+        "symmetric_attention": "signed q, k, v (zero-point 0; OpenVINO runs attention in int8 only then): "
+                               "true, false, or none (the default: signed where attention has 8 bits)",
     }
 
     def __post_init__(self):

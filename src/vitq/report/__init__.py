@@ -45,10 +45,11 @@ def _speed_section(inputs: Inputs) -> tuple[str, list] | None:
     if not inputs.speed:
         return None
     rows = [[r.get("model"), r.get("tower"), r.get("batch_size"), r.get("runtime"), fmt(r.get("ms_per_image")),
-             fmt(r.get("speedup_vs_torch_fp32")), fmt(r.get("size_mb"), 1), fmt(r.get("peak_rss_delta_mb"), 0), r.get("note") or ""]
+             fmt(r.get("speedup_vs_torch_fp32")), fmt(r.get("size_mb"), 1), fmt(r.get("peak_rss_delta_mb"), 0),
+             fmt(r.get("resident_mb"), 0), r.get("note") or ""]
             for r in inputs.speed]
     return "Speed", [("p", "Median ms per image (or sequence), speed-up over PyTorch FP32 measured in the same run."),
-                     ("table", (["model", "tower", "batch", "runtime", "ms/img", "speed-up", "size (MB)", "peak RSS Δ (MB)", "note"], rows))]
+                     ("table", (["model", "tower", "batch", "runtime", "ms/img", "speed-up", "size (MB)", "peak RSS Δ (MB)", "resident (MB)", "note"], rows))]
 
 
 def _runs_section(inputs: Inputs) -> tuple[str, list] | None:
