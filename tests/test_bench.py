@@ -11,7 +11,7 @@ from vitq.bench import RUNTIMES
 
 pytest.importorskip("onnxruntime")
 
-FAST = ["torch-fp32", "ort-fp32", "ort-static-int8", "vitq-w8a8"]
+FAST = ["torch-fp32", "ort-fp32", "ort-static-int8", "vitq-w8a8", "vitq-w4a8"]
 
 
 def test_bench_writes_rows(tmp_path, capsys):

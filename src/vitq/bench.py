@@ -425,7 +425,9 @@ def _reset_peak() -> bool:
 def resident_after_load(loaded: tuple, feeds: dict, workdir: Path) -> float | None:
     """Resident memory (MB) that loading a graph file and running it once adds to a fresh process
     (RSS after the first call minus RSS after importing the runtime): what a deployment pays, without
-    the quantizing and exporting that the benchmark process itself did."""
+    the quantizing and exporting that the benchmark process itself did. None, with a warning that
+    says why, when the child fails."""
+    import os
     import subprocess
     import sys
 
@@ -435,35 +437,28 @@ def resident_after_load(loaded: tuple, feeds: dict, workdir: Path) -> float | No
     npz = workdir / "resident_feeds.npz"
     np.savez(npz, **feeds)
     code = "import sys; from vitq.bench import _resident_child; _resident_child(*sys.argv[1:])"
-    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run([sys.executable, "-c", code, runtime, path, str(npz), precision], capture_output=True, text=True,
-                          timeout=900, env={**__import__("os").environ, **threads})
+                          timeout=900, env=env)
     try:
         return float(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:200]
+        warnings.warn(f"resident memory of {Path(path).name} on {runtime} not measured: {why}")
         return None
 
 
 def _resident_child(runtime: str, path: str, npz: str, precision: str) -> None:
+    import importlib
+
     import numpy as np
 
+    from .export.runtime import make_runner
+
     feeds = dict(np.load(npz))
-    if runtime == "onnxruntime":
-        import onnxruntime  # noqa: F401
-
-        from .export.runtime import ort_session
-
-        base = _rss_kib("VmRSS")
-        session = ort_session(path)
-        session.run(None, feeds)
-    else:
-        import openvino  # noqa: F401
-
-        from .export.runtime import _OpenVinoRunner
-
-        base = _rss_kib("VmRSS")
-        runner = _OpenVinoRunner(path, precision=precision or "f32")
-        runner(feeds)
+    importlib.import_module(runtime)  # the runtime's own import is not part of the model's cost
+    base = _rss_kib("VmRSS")
+    make_runner(path, runtime, **({"precision": precision} if precision else {}))(feeds)
     print(round((_rss_kib("VmRSS") - base) / 1024, 1))
 
 

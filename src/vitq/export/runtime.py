@@ -71,10 +71,10 @@ class _OpenVinoRunner:
     """A compiled OpenVINO model; f32 precision for the float parts (the CPU plugin's default on a
     bf16-capable CPU would be bf16, which is less faithful to the simulation)."""
 
-    def __init__(self, path, threads=None, precision: str = "f32"):
+    def __init__(self, path, threads=None, precision: str = "f32", **config):
         import openvino as ov
 
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", **config}  # e.g. PERF_COUNT="YES"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)

@@ -144,7 +144,7 @@ class QuantEmbedding(_WeightedQuantMixin, nn.Embedding):
     no input point. Exported, the graph gathers the int8 rows first and dequantizes only those."""
 
     @classmethod
-    def from_float(cls, emb: nn.Embedding, weight_q=None, input_q=None) -> "QuantEmbedding":
+    def from_float(cls, emb: nn.Embedding, weight_q=None) -> "QuantEmbedding":
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         for attr in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"):
