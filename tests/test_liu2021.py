@@ -39,6 +39,20 @@ def test_ranking_hinge_on_a_hand_computed_case():
     assert float(ranking_hinge(ref.clone(), ref, margin=0.35)) == pytest.approx(2 * ((0.35 - 0.3) + (0.35 - 0.1)) / 9)
 
 
+def test_sampled_ranking_hinge_estimates_the_mean_over_every_row():
+    # 400 rows of 40 scores (640k ordered pairs): only the last quarter of the rows is disordered,
+    # so a draw that missed rows (or pairs across the axis) would be far off the exact mean
+    g = torch.Generator().manual_seed(1)
+    ref = torch.rand(400, 40, generator=g)
+    got = ref.clone()
+    got[300:] = got[300:].flip(-1)
+    exact = float(ranking_hinge(got, ref, pairs=400 * 40 * 40))
+    sampled = [float(ranking_hinge(got, ref, pairs=1 << 16, seed=s)) for s in range(3)]
+    assert exact > 0.02
+    assert all(abs(s - exact) < 0.06 * exact for s in sampled)  # the draw's spread is 1.5% of the mean
+    assert sampled[0] == float(ranking_hinge(got, ref, pairs=1 << 16, seed=0))  # one draw per seed
+
+
 def _quantize(model, method="liu2021", bits="W4A4", **options):
     cfg = vitq.QuantConfig(method=method, bits=bits, components=("image",), seed=0, options={**FAST, **options})
     return vitq.quantize(model, cfg, calib=_calib(), progress=False)
@@ -66,6 +80,29 @@ def test_bias_correction_removes_the_mean_output_error_on_calibration_data():
         before = _layer_error(plain, model, name, _calib())
         assert float(before.abs().max()) > 1e-4  # there was a bias to correct
         assert float(after.abs().max()) < 0.02 * float(before.abs().max()), (name, after.abs().max(), before.abs().max())
+
+
+def test_bias_correction_averages_the_error_over_real_tokens_only():
+    from vitq.calib.recorder import Stream
+    from vitq.calib.units import Probe, linears_probe
+    from vitq.methods.liu2021 import _correct_biases
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    layer = model[0]
+    x = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        out = layer(x)
+    # the "full-precision" target is off by 0.5 on real tokens and by 40 on padding
+    target = out - torch.where(mask.bool().unsqueeze(-1), torch.tensor(0.5), torch.tensor(40.0))
+    inputs, targets = Stream(), Stream()
+    inputs.append(((x,), {}))
+    targets.append((target,))
+    bias = layer.bias.detach().clone()
+    unit = {"probe": Probe(layer, linears_probe(layer, [layer])), "linears": ["0"], "token_masks": [mask]}
+    _correct_biases(model, unit, inputs, targets)
+    assert torch.allclose(layer.bias.detach(), bias - 0.5, atol=1e-6)
 
 
 def test_search_improves_on_the_max_initialisation_and_uses_symmetric_per_tensor_points():

@@ -124,11 +124,21 @@ def scale_point(point: TensorQuantizer, base: torch.Tensor, factor: float) -> No
     q.set_params((base * factor).to(q.scale), q.zero_point.detach().clone())
 
 
+def token_masks(batches, component: str) -> list:
+    """Per batch, the (batch, tokens) mask of the real tokens of a padded component (a text tower's
+    ``attention_mask``), or None: statistics over token positions should skip the padding."""
+    from ..models.adapter import OPTIONAL_INPUTS
+
+    padded = "attention_mask" in OPTIONAL_INPUTS.get(component, ())
+    return [b.get("attention_mask") if padded and isinstance(b, dict) else None for b in batches]
+
+
 def for_each_unit(model: nn.Module, batches, components, post_ln_consumers: dict[str, list[str]],
                   fn: Callable[[dict, Stream], None], desc: str = "search", progress: bool = True) -> int:
     """``fn(unit, inputs)`` for every unit of every component, in forward order, where ``inputs`` are
     the unit module's recorded inputs on ``batches`` with every point upstream as it is now (set
-    the model to quantized mode first). Returns the number of units."""
+    the model to quantized mode first); ``unit["token_masks"]`` holds :func:`token_masks` of the
+    batches. Returns the number of units."""
     from tqdm.auto import tqdm
 
     count = 0
@@ -139,7 +149,9 @@ def for_each_unit(model: nn.Module, batches, components, post_ln_consumers: dict
             if first is None:
                 continue
             units = search_units(model, points_in_order(model, run, first), post_ln_consumers)
+            masks = token_masks(cached, comp)
             for unit in tqdm(units, desc=f"{desc} ({comp})", disable=not progress, leave=False):
+                unit["token_masks"] = masks
                 with capture_inputs(model, unit["probe"].module, cached, run) as inputs:
                     fn(unit, inputs)
                 count += 1

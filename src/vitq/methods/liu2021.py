@@ -114,16 +114,22 @@ def _objective(opts: Liu2021Options, ranking: bool):
 
 @torch.no_grad()
 def _correct_biases(model: nn.Module, unit: dict, inputs: Stream, targets: Stream) -> None:
-    """Subtract each linear's mean output error (quantized minus full precision) from its bias."""
+    """Subtract each linear's mean output error (quantized minus full precision) from its bias, over
+    the real tokens (a text tower's padding never reaches its output)."""
     probe = unit["probe"]
     layers = [model.get_submodule(n) for n in unit["linears"]]
+    masks = unit.get("token_masks") or []
     errors: list[list[torch.Tensor]] = [[] for _ in layers]
-    for item, target in zip(inputs, targets):
+    for b, (item, target) in enumerate(zip(inputs, targets)):
         args, kwargs = on_device_of(probe, item)
+        mask = masks[b] if b < len(masks) else None
         for k, (layer, out, ref) in enumerate(zip(layers, probe(*args, **kwargs), target)):
             channel = 1 if isinstance(layer, QuantConv2d) else -1
             diff = (out.float() - ref.to(out.device).float()).movedim(channel, -1)
-            errors[k].append(diff.reshape(-1, diff.shape[-1]))
+            if mask is not None and diff.dim() == 3 and tuple(diff.shape[:2]) == tuple(mask.shape):
+                errors[k].append(diff[mask.to(diff.device).bool()])
+            else:
+                errors[k].append(diff.reshape(-1, diff.shape[-1]))
     for layer, errs in zip(layers, errors):
         if not errs:
             continue
