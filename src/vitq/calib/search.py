@@ -58,14 +58,14 @@ def ranking_hinge(quantized: torch.Tensor, reference: torch.Tensor, margin: floa
     ref = reference.reshape(-1, n).float()
     got = quantized.reshape(-1, n).float()
     rows = ref.shape[0]
-    if rows * n * n <= pairs:
-        i, j = torch.arange(n).repeat_interleave(n), torch.arange(n).repeat(n)
-        sign = torch.sign(ref[:, i] - ref[:, j])
-        return (torch.relu(margin - sign * (got[:, i] - got[:, j])) * (sign != 0)).mean()
-    g = torch.Generator().manual_seed(seed)
-    row = torch.randint(0, rows, (pairs,), generator=g) * n
-    a = row + torch.randint(0, n, (pairs,), generator=g)
-    b = row + torch.randint(0, n, (pairs,), generator=g)
+    if rows * n * n <= pairs:  # every ordered pair of every row, as flat indices
+        a = torch.arange(rows * n).repeat_interleave(n)
+        b = (a // n) * n + torch.arange(n).repeat(rows * n)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        row = torch.randint(0, rows, (pairs,), generator=g) * n
+        a = row + torch.randint(0, n, (pairs,), generator=g)
+        b = row + torch.randint(0, n, (pairs,), generator=g)
     ref, got = ref.reshape(-1), got.reshape(-1)
     sign = torch.sign(ref[a] - ref[b])
     return (torch.relu(margin - sign * (got[a] - got[b])) * (sign != 0)).mean()

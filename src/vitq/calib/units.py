@@ -133,6 +133,14 @@ def token_masks(batches, component: str) -> list:
     return [b.get("attention_mask") if padded and isinstance(b, dict) else None for b in batches]
 
 
+def token_rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``t`` (..., channels) as rows of channels, only the real tokens where ``mask`` (batch,
+    tokens) matches its leading axes."""
+    if mask is not None and t.dim() == 3 and tuple(t.shape[:2]) == tuple(mask.shape):
+        return t[mask.to(t.device).bool()]
+    return t.reshape(-1, t.shape[-1])
+
+
 def for_each_unit(model: nn.Module, batches, components, post_ln_consumers: dict[str, list[str]],
                   fn: Callable[[dict, Stream], None], desc: str = "search", progress: bool = True) -> int:
     """``fn(unit, inputs)`` for every unit of every component, in forward order, where ``inputs`` are

@@ -35,7 +35,7 @@ from torch import nn
 from ..calib.bitalloc import choose_bits, group_costs, group_outputs, module_groups, planned_bits
 from ..calib.recorder import Stream, on_device_of
 from ..calib.search import OutputSearch, negative_pearson, ranking_hinge
-from ..calib.units import disabled_outputs, for_each_unit, set_scale
+from ..calib.units import disabled_outputs, for_each_unit, set_scale, token_rows
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..models.prepare import prepare
@@ -126,10 +126,7 @@ def _correct_biases(model: nn.Module, unit: dict, inputs: Stream, targets: Strea
         for k, (layer, out, ref) in enumerate(zip(layers, probe(*args, **kwargs), target)):
             channel = 1 if isinstance(layer, QuantConv2d) else -1
             diff = (out.float() - ref.to(out.device).float()).movedim(channel, -1)
-            if mask is not None and diff.dim() == 3 and tuple(diff.shape[:2]) == tuple(mask.shape):
-                errors[k].append(diff[mask.to(diff.device).bool()])
-            else:
-                errors[k].append(diff.reshape(-1, diff.shape[-1]))
+            errors[k].append(token_rows(diff, mask))
     for layer, errs in zip(layers, errors):
         if not errs:
             continue
